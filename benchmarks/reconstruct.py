@@ -1,0 +1,162 @@
+"""Benchmark the triplane renderer and mesh extraction on CPU (plain vs fast paths).
+
+    .venv/bin/python benchmarks/reconstruct.py                 # full run (~2-4 min on 2 cores)
+    .venv/bin/python benchmarks/reconstruct.py --quick         # small sizes, seconds
+
+Scene: a random triplane with the instant-nerf-base decoder shape (C = 40, hidden 64) whose planes
+and decoder are set by hand so the density is an opaque sphere (radius 0.6) with a random-looking
+colour, i.e. a field with empty space, a surface and an interior like a reconstructed object.
+Optionally (``--parity``) the parity NeRF decoder + stored planes (C = 16, random high-frequency
+density everywhere). Prints rays/s (plain vs fast), 256^3 extraction seconds (dense vs
+coarse-to-fine), agreement of the two paths, and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from triflow3d.cameras import orbit_rig
+from triflow3d.triplane import TriplaneField
+from triflow3d.triplane.mesh import coarse_to_fine_grid, extract_mesh, mesh_from_volume
+from triflow3d.triplane.volume import PRESETS, render_cameras
+
+PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity" / "instantmesh"
+
+
+def sphere_scene(n_features: int = 40, radius: float = 0.6, sharpness: float = 4000.0, seed: int = 0):
+    """(field, planes): sigma_raw = sharpness (r^2 - |x|^2) via plane channel 0, colours from the rest."""
+    g = torch.Generator().manual_seed(seed)
+    res = 64
+    lin = (torch.arange(res) + 0.5) / res * 2 - 1  # texel centres (align_corners=False)
+    v, u = torch.meshgrid(lin, lin, indexing="ij")  # rows = v (H), columns = u (W)
+    planes = 0.3 * torch.randn(1, 3, n_features, res, res, generator=g)
+    planes[0, :, 0] = 0.0
+    planes[0, 0, 0] = u**2 + v**2  # plane 0 (u, v) = (x, y)
+    planes[0, 1, 0] = v**2  # plane 1 (u, v) = (x, z): z^2
+    field = TriplaneField(n_features).eval()
+    net = field.decoder.net
+    with torch.no_grad():
+        for lin_layer in (net[0], net[2], net[4], net[6]):
+            lin_layer.weight.mul_(0.5)
+        density_in = [0, n_features]  # feature index of (plane 0, ch 0) and (plane 1, ch 0)
+        net[0].weight[:, density_in] = 0.0
+        net[0].weight[:2] = 0.0
+        net[0].weight[0, density_in], net[0].bias[0] = -1.0, radius**2  # relu(r^2 - s)
+        net[0].weight[1, density_in], net[0].bias[1] = 1.0, -(radius**2)  # relu(s - r^2)
+        for layer in (net[2], net[4]):
+            layer.weight[:2], layer.weight[:, :2] = 0.0, 0.0
+            layer.weight[0, 0] = layer.weight[1, 1] = 1.0
+        net[6].weight[0] = 0.0
+        net[6].weight[0, 0], net[6].weight[0, 1] = sharpness, -sharpness
+        net[6].weight[1:, :2] = 0.0
+    return field, planes
+
+
+def parity_scene():
+    from safetensors.torch import load_file
+
+    ckpt = torch.load(PARITY / "nerf_small.ckpt", map_location="cpu", weights_only=True)
+    prefix = "lrm_generator.synthesizer."
+    field = TriplaneField(16).eval()
+    field.load_state_dict(
+        {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    )
+    return field, load_file(PARITY / "expected_nerf_small.safetensors")["planes"]
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def bench_render(field, planes, size: int, views: int, preset: str, repeats: int = 2) -> None:
+    """Rays/s of the plain and fast paths (best of ``repeats``, interleaved: the machine is shared)."""
+    cams = orbit_rig(views).render_cameras()[None]
+    rays, results, best = views * size * size, {}, {False: float("inf"), True: float("inf")}
+    with torch.inference_mode():  # warm-up (thread pool, allocator)
+        render_cameras(field, planes, cams[:, :1], 8, PRESETS[preset], deterministic=True)
+    for _ in range(repeats):
+        for fast in (False, True):
+            opts = dataclasses.replace(PRESETS[preset], fast=fast)
+            with torch.inference_mode():
+                results[fast], secs = timed(partial(render_cameras, field, planes, cams, size, opts, True))
+            best[fast] = min(best[fast], secs)
+    for fast in (False, True):
+        print(
+            f"  render {'fast ' if fast else 'plain'}: {rays / best[fast]:8.0f} rays/s  ({rays} rays, {best[fast]:.2f} s)"
+        )
+    print(f"  speed-up fast / plain: {best[False] / best[True]:.2f}x")
+    diff = {
+        k: f"{(results[True][k] - results[False][k]).abs().max().item():.1e}"
+        for k in ("rgb", "depth", "alpha")
+    }
+    print(f"  fast vs plain max |diff|: {diff}  mean alpha {results[True]['alpha'].mean().item():.2f}")
+
+
+def bench_mesh(field, planes, resolution: int, dense: bool) -> None:
+    level, margin = 10.0, 5.0  # extract_mesh's NeRF defaults
+    with torch.inference_mode():
+        (vol, count), secs = timed(
+            lambda: coarse_to_fine_grid(field, planes, resolution, level, margin=margin)
+        )
+        mesh, mc_secs = timed(lambda: mesh_from_volume(field, planes, vol, level))
+        print(
+            f"  mesh {resolution}^3 coarse-to-fine: {secs + mc_secs:.2f} s (grid {secs:.2f} s, "
+            f"{count / resolution**3:.1%} of points evaluated), {len(mesh.faces)} faces"
+        )
+        if dense:
+            ref, secs = timed(lambda: extract_mesh(field, planes, resolution, coarse_to_fine=False))
+            same = np.array_equal(ref.vertices, mesh.vertices) and np.array_equal(ref.faces, mesh.faces)
+            print(
+                f"  mesh {resolution}^3 dense:          {secs:.2f} s, {len(ref.faces)} faces, identical: {same}"
+            )
+
+
+def bench_encoder() -> None:
+    """--- forward_planes timing: owned by the encoder module; runs only if it is importable. ---"""
+    try:
+        from triflow3d.encoders import reconstructor  # noqa: F401
+    except ImportError:
+        print("  (triflow3d.encoders not available: forward_planes timing skipped)")
+        return
+    print("  forward_planes timing: see the encoder benchmark (not measured here)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=64, help="render size per view")
+    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--preset", default="instant-nerf-base", choices=sorted(PRESETS))
+    ap.add_argument("--mesh-res", type=int, default=256)
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense mesh reference")
+    ap.add_argument("--parity", action="store_true", help="also run on the parity planes (C = 16)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    args = ap.parse_args()
+    if args.quick:
+        args.size, args.views, args.mesh_res = 16, 2, 64
+    torch.set_num_threads(args.threads)
+    scenes = {"sphere C=40": sphere_scene}
+    if args.parity and PARITY.exists():
+        scenes["parity C=16"] = parity_scene
+    for name, make in scenes.items():
+        field, planes = make()
+        print(f"[{name}] threads={args.threads} preset={args.preset}")
+        bench_render(field, planes, args.size, args.views, args.preset)
+        bench_mesh(field, planes, args.mesh_res, dense=not args.no_dense)
+    print("[encoder]")
+    bench_encoder()
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

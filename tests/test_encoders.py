@@ -1,0 +1,319 @@
+"""Encoders: InstantMesh parity (strict checkpoint load + golden tensors), full-size key manifests,
+config parsing, loader errors, save/load round trip, and reduced-precision inference."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from triflow3d import conventions as cv
+from triflow3d.encoders import (
+    PRESETS,
+    ReconstructorConfig,
+    build_reconstructor,
+    load_reconstructor,
+    parse_encoder_spec,
+    save_reconstructor,
+)
+from triflow3d.encoders.loading import WEIGHTS_DIR
+from triflow3d.encoders.vit import interpolate_pos_embed
+from triflow3d.errors import CheckpointError, ConfigError
+
+TOL = dict(rtol=1e-4, atol=2e-4)  # the parity README's recommendation for fp32 CPU
+
+
+def tiny_config(**kw) -> ReconstructorConfig:
+    base = dict(num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=64)
+    return dataclasses.replace(PRESETS["lrm-small"], **(base | kw))
+
+
+# --- parity with upstream (shared data) ---------------------------------------------------------
+_CACHE: dict = {}
+
+
+@pytest.fixture
+def nerf_small(parity_dir):
+    """(model, inputs, expected) for the reduced NeRF checkpoint, loaded once per module."""
+    if "nerf" not in _CACHE:
+        model = load_reconstructor(
+            "instantmesh-nerf-base",
+            checkpoint=parity_dir / "nerf_small.ckpt",
+            config=parity_dir / "nerf_small_config.json",
+        )
+        inputs = load_file(parity_dir / "inputs.safetensors")
+        _CACHE["nerf"] = model, inputs, load_file(parity_dir / "expected_nerf_small.safetensors")
+    return _CACHE["nerf"]
+
+
+def test_nerf_small_intermediates_match_upstream(nerf_small):
+    model, inp, exp = nerf_small
+    images, cams = inp["images"], inp["input_cameras"]
+    with torch.no_grad():
+        torch.testing.assert_close(model.camera_embedder(cams), exp["camera_embeddings"], **TOL)
+        torch.testing.assert_close(
+            model.encoder_pos_embed(320, 320), exp["encoder_pos_embed_interpolated"], **TOL
+        )
+        tokens = model.encode_images(images, cams)  # (1, 6*401, 192), view-major
+        torch.testing.assert_close(tokens.reshape(6, 401, 192), exp["encoder_tokens"], **TOL)
+        query_tokens = model.transformer_tokens(tokens)
+        torch.testing.assert_close(query_tokens, exp["transformer_tokens"], **TOL)
+        planes = model.transformer.to_planes(query_tokens)  # forward_planes itself: the mesh test
+    assert planes.dtype == torch.float32 and planes.shape == (1, *model.triplane_shape) == (1, 3, 16, 64, 64)
+    torch.testing.assert_close(planes, exp["planes"], **TOL)
+    # The deconvolution alone is bit-exact on the stored tokens.
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.transformer.to_planes(exp["transformer_tokens"]), exp["planes"], rtol=0, atol=0
+        )
+
+
+def test_nerf_small_query_matches_upstream(nerf_small):
+    model, inp, exp = nerf_small
+    with torch.no_grad():
+        out = model.query(exp["planes"], inp["query_points"])
+    for k in ("sigma_raw", "sigma", "rgb"):
+        torch.testing.assert_close(out[k], exp[f"query_{k}"], **TOL)
+
+
+def test_nerf_small_extract_mesh(nerf_small):
+    pytest.importorskip("triflow3d.triplane.mesh", reason="triflow3d.triplane.mesh is not written yet")
+    model, inp, exp = nerf_small
+    # The random parity field has only ~25 grid cells above the threshold: use the dense grid.
+    mesh = model.extract_mesh(exp["planes"], resolution=32, threshold=cv.MESH_THRESHOLD, coarse_to_fine=False)
+    assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+    assert mesh.vertices.min() >= -1.0 and mesh.vertices.max() <= 1.0
+
+
+def test_nerf_small_render_matches_upstream(nerf_small):
+    pytest.importorskip("triflow3d.triplane.volume", reason="triflow3d.triplane.volume is not written yet")
+    model, inp, exp = nerf_small
+    assert (model.render_options.samples_coarse, model.render_options.samples_importance) == (32, 32)
+    with torch.no_grad():  # deterministic sampling; chunking must not change the call-wide quirks
+        out = model.render(exp["planes"], inp["render_cameras"], 32, deterministic=True, chunk=1500)
+    for ours, theirs, atol in (
+        ("rgb", "render_rgb", 2e-3),
+        ("depth", "render_depth", 5e-3),
+        ("alpha", "render_weight", 2e-3),
+    ):
+        assert out[ours].shape == exp[theirs].shape
+        torch.testing.assert_close(out[ours], exp[theirs], rtol=0, atol=atol)
+        assert (out[ours] - exp[theirs]).abs().mean() <= 1e-4
+
+
+def test_mesh_small_planes_match_upstream(parity_dir):
+    model = load_reconstructor(
+        "instantmesh-mesh-base",
+        checkpoint=parity_dir / "mesh_small.ckpt",
+        config=parity_dir / "mesh_small_config.json",
+    )
+    inp, exp = (
+        load_file(parity_dir / "inputs.safetensors"),
+        load_file(parity_dir / "expected_mesh_small.safetensors"),
+    )
+    assert model.config.kind == "mesh" and model.config.grid_res == 16
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.camera_embedder(inp["input_cameras"]), exp["camera_embeddings"], **TOL
+        )
+        torch.testing.assert_close(
+            model.forward_planes(inp["images"], inp["input_cameras"]), exp["planes"], **TOL
+        )
+    with torch.no_grad():
+        out = model.query(exp["planes"], inp["query_points"])
+    for k in ("sdf", "deformation_raw", "rgb"):
+        torch.testing.assert_close(out[k], exp[f"query_{k}"], **TOL)
+
+
+@pytest.mark.parametrize("variant", ["nerf_base", "nerf_large", "mesh_base", "mesh_large"])
+def test_full_size_layout_matches_manifest(parity_dir, variant):
+    manifest = json.loads((parity_dir / f"manifest_instant_{variant}.json").read_text())
+    name = "instantmesh-" + variant.replace("_", "-")
+    model = build_reconstructor(PRESETS[name], device="meta")  # allocates nothing
+    keys = [
+        ["lrm_generator." + k, list(v.shape), str(v.dtype).removeprefix("torch.")]
+        for k, v in model.state_dict().items()
+    ]
+    assert keys == manifest["keys"]  # names, order, shapes, dtypes
+    assert len(keys) == manifest["num_tensors"]
+    assert sum(v.numel() for v in model.state_dict().values()) == manifest["total_parameters"]
+    assert ReconstructorConfig.from_dict(manifest) == PRESETS[name]
+
+
+# --- configs ------------------------------------------------------------------------------------
+def test_config_from_parity_json_and_round_trip(parity_dir):
+    d = json.loads((parity_dir / "mesh_small_config.json").read_text())
+    cfg = ReconstructorConfig.from_dict(d)
+    assert (cfg.kind, cfg.transformer_dim, cfg.hidden_size, cfg.num_attention_heads) == ("mesh", 128, 192, 3)
+    assert cfg.triplane_shape == (3, 16, 64, 64) and cfg.grid_scale == 2.1
+    assert ReconstructorConfig.from_dict(cfg.to_dict()) == cfg
+    assert (
+        ReconstructorConfig.from_dict(json.loads(json.dumps(PRESETS["lrm-small"].to_dict())))
+        == PRESETS["lrm-small"]
+    )
+
+
+def test_config_errors():
+    good = PRESETS["instantmesh-nerf-base"].to_dict()
+    extra = good | {"whatever": 1, "params": good["params"] | {"encoder_freeze": False}}
+    assert ReconstructorConfig.from_dict(extra) == PRESETS["instantmesh-nerf-base"]
+    missing = good | {"params": {k: v for k, v in good["params"].items() if k != "triplane_dim"}}
+    with pytest.raises(ConfigError, match="triplane_dim"):
+        ReconstructorConfig.from_dict(missing)
+    with pytest.raises(ConfigError, match="transformer_layers"):
+        ReconstructorConfig.from_dict(good | {"params": good["params"] | {"transformer_layers": "16"}})
+    with pytest.raises(ConfigError, match="encoder_vit_config"):
+        ReconstructorConfig.from_dict({"params": good["params"]})
+    with pytest.raises(ConfigError, match="divisible"):
+        dataclasses.replace(PRESETS["lrm-small"], transformer_heads=5)
+    with pytest.raises(ConfigError, match="hidden_size"):
+        dataclasses.replace(PRESETS["lrm-small"], encoder_feat_dim=64)
+
+
+def test_presets_and_specs():
+    assert PRESETS["instantmesh-nerf-large"].triplane_shape == (3, 80, 64, 64)
+    assert (
+        PRESETS["instantmesh-mesh-base"].kind == "mesh" and PRESETS["instantmesh-mesh-base"].grid_res == 128
+    )
+    assert PRESETS["lrm-small"].triplane_shape == (3, 8, 32, 32)
+    assert parse_encoder_spec("instantmesh-nerf-large:/x/y.ckpt") == ("instantmesh-nerf-large", "/x/y.ckpt")
+    assert parse_encoder_spec("lrm-small") == ("lrm-small", None)
+    with pytest.raises(ConfigError, match="unknown reconstructor"):
+        parse_encoder_spec("nope:/x.ckpt")
+
+
+# --- model behaviour ----------------------------------------------------------------------------
+def test_pos_embed_interpolation_rule():
+    table = torch.randn(1, 1 + 14 * 14, 8)
+    assert interpolate_pos_embed(table, 14, 14) is table  # unchanged when the grid matches
+    out = interpolate_pos_embed(table, 20, 20)
+    assert out.shape == (1, 401, 8) and torch.equal(out[:, 0], table[:, 0])
+    grid = table[:, 1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
+    ref = F.interpolate(grid, scale_factor=20.1 / 14, mode="bicubic", align_corners=False)  # DINO "+0.1"
+    torch.testing.assert_close(out[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 400, 8))
+
+
+def test_forward_planes_shapes_and_camera_conditioning():
+    model = build_reconstructor(tiny_config()).eval()
+    images, cams = torch.rand(2, 3, 3, 64, 64), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        planes = model.forward_planes(images, cams)
+        assert planes.shape == (2, *model.triplane_shape) == (2, 3, 8, 8, 8)
+        # adaLN starts at zero: cameras do not change the tokens until trained.
+        torch.testing.assert_close(model.encode_images(images, cams), model.encode_images(images, cams + 1))
+        for layer in model.encoder.model.encoder.layer:
+            nn.init.normal_(layer.adaLN_modulation[1].weight, std=0.1)
+        assert not torch.allclose(model.encode_images(images, cams), model.encode_images(images, cams + 1))
+        # Batch elements are independent, and tokens are view-major.
+        torch.testing.assert_close(
+            model.forward_planes(images[1:], cams[1:]), model.forward_planes(images, cams)[1:]
+        )
+        one = model.encode_images(images[:, 1:2], cams[:, 1:2])
+        torch.testing.assert_close(model.encode_images(images, cams)[:, 17:34], one, **TOL)
+    with pytest.raises(ValueError, match="cameras"):
+        model.forward_planes(images, cams[:, :2])
+
+
+# --- loading, saving, errors --------------------------------------------------------------------
+def _lightning_ckpt(path, state_dict, extra=None):
+    sd = {"lrm_generator." + k: v for k, v in state_dict.items()} | (extra or {})
+    torch.save({"epoch": 3, "global_step": 10, "pytorch-lightning_version": "2.1.2", "state_dict": sd}, path)
+
+
+def test_lightning_checkpoint_strict_load_and_errors(tmp_path):
+    cfg = tiny_config()
+    ref = build_reconstructor(cfg, seed=1)
+    sd = ref.state_dict()
+    good = tmp_path / "good.ckpt"
+    decoys = {
+        "lpips.net.scaling_layer.shift": torch.zeros(1, 3, 1, 1),
+        "lrm_generator.source_camera.x": torch.ones(2),
+    }
+    _lightning_ckpt(good, sd, decoys)
+    model = load_reconstructor("lrm-small", checkpoint=good, config=cfg)
+    assert model.encoder_id == "lrm-small" and not model.training
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+
+    bad = dict(sd)
+    del bad["transformer.norm.bias"]
+    bad["encoder.model.extra.weight"] = torch.zeros(2)
+    bad["transformer.deconv.bias"] = torch.zeros(5)
+    _lightning_ckpt(tmp_path / "bad.ckpt", bad)
+    with pytest.raises(CheckpointError) as err:
+        load_reconstructor("lrm-small", checkpoint=tmp_path / "bad.ckpt", config=cfg)
+    msg = str(err.value)
+    assert "missing keys (1): transformer.norm.bias" in msg
+    assert "unexpected keys (1): encoder.model.extra.weight" in msg
+    assert "transformer.deconv.bias checkpoint (5,) != model (8,)" in msg
+
+    with pytest.raises(CheckpointError, match="not found"):
+        load_reconstructor("instantmesh-nerf-large", checkpoint=tmp_path / "absent.ckpt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_reconstructor(f"lrm-small:{tmp_path / 'absent'}")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_pickle_with_arbitrary_object_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"lrm_generator.x": torch.zeros(1)}, "payload": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused to unpickle"):
+        load_reconstructor("instantmesh-nerf-base", checkpoint=path)
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.ckpt"):
+        load_reconstructor("instantmesh-nerf-base", checkpoint=tmp_path / "junk.ckpt")
+
+
+def test_save_load_round_trip_lrm_small(tmp_path):
+    model = build_reconstructor(PRESETS["lrm-small"], encoder_id="lrm-small", seed=3).eval()
+    out = save_reconstructor(model, tmp_path / "lrm-small")
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["encoder_id"] == "lrm-small" and meta["conventions_version"] == cv.CONVENTIONS_VERSION
+    loaded = load_reconstructor("lrm-small", checkpoint=out)
+    assert loaded.config == model.config
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    images, cams = torch.rand(1, 2, 3, 64, 64), torch.randn(1, 2, 16)
+    with torch.no_grad():
+        # requires_grad picks nn.MultiheadAttention's kernel, so match it for a bit-exact comparison.
+        model.requires_grad_(False)
+        assert torch.equal(loaded.forward_planes(images, cams), model.forward_planes(images, cams))
+    meta["conventions_version"] = cv.CONVENTIONS_VERSION + 1
+    (out / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="conventions version"):
+        load_reconstructor("lrm-small", checkpoint=out)
+
+
+def test_lrm_small_without_shipped_weights(tmp_path):
+    if (WEIGHTS_DIR / "lrm-small" / "model.safetensors").exists():
+        pytest.skip("lrm-small weights are shipped")
+    with pytest.raises(CheckpointError, match="allow_random"):
+        load_reconstructor("lrm-small")
+    a = load_reconstructor("lrm-small", allow_random=True)
+    b = load_reconstructor("lrm-small", allow_random=True)
+    assert a.encoder_id == "lrm-small" and a.triplane_shape == (3, 8, 32, 32)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())  # seeded
+
+
+def test_bf16_inference_is_close_to_fp32(tmp_path):
+    ref = build_reconstructor(tiny_config(), seed=2).eval()
+    for layer in ref.encoder.model.encoder.layer:  # make the camera path matter
+        nn.init.normal_(layer.adaLN_modulation[1].weight, std=0.05)
+    save_reconstructor(ref, tmp_path / "m")
+    half = load_reconstructor("lrm-small", checkpoint=tmp_path / "m", dtype=torch.bfloat16)
+    assert half.transformer.pos_embed.dtype == torch.bfloat16
+    assert next(half.synthesizer.parameters()).dtype == torch.float32  # the field stays fp32
+    images, cams = torch.rand(1, 2, 3, 64, 64), torch.randn(1, 2, 16)
+    with torch.no_grad():
+        p32, p16 = ref.forward_planes(images, cams), half.forward_planes(images, cams)
+    assert p16.dtype == torch.float32 and torch.isfinite(p16).all()
+    err = (p16 - p32).abs().max() / p32.abs().max()
+    assert err < 0.05, err

@@ -1,0 +1,102 @@
+"""Density grids and mesh extraction: analytic spheres, coarse-to-fine vs dense, empty fields, parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from triflow3d.errors import ConfigError
+from triflow3d.triplane import TriplaneField
+from triflow3d.triplane.mesh import density_grid, extract_mesh, field_grid
+
+PLANES = torch.zeros(1, 3, 1, 4, 4)  # unused by the analytic fields
+
+
+class BlobField:
+    """Density sharp * (r - |x - c|) + 10 around one or more centres (iso-surface 10 = the spheres)."""
+
+    kind = "nerf"
+
+    def __init__(self, centres=((0.0, 0.0, 0.0),), radius=0.5, sharp=200.0):
+        self.centres, self.radius, self.sharp = torch.tensor(centres), radius, sharp
+
+    def query(self, planes, xyz, chunk=None):
+        d = (xyz[..., None, :] - self.centres).norm(dim=-1).amin(-1, keepdim=True)
+        sigma = self.sharp * (self.radius - d) + 10.0
+        return {"sigma": sigma, "sigma_raw": sigma, "rgb": (xyz * 0.5 + 0.5).clamp(0, 1)}
+
+
+class SdfSphere:
+    kind = "mesh"
+
+    def query(self, planes, xyz, chunk=None):
+        sdf = xyz.norm(dim=-1, keepdim=True) - 0.7
+        return {"sdf": sdf, "sigma": (sdf < 0).float(), "rgb": torch.full_like(xyz, 0.5)}
+
+
+def test_sphere_mesh_radius_orientation_colours():
+    g = 48
+    mesh = extract_mesh(BlobField(), PLANES, resolution=g)
+    radii = np.linalg.norm(mesh.vertices, axis=1)
+    voxel = 2 / (g - 1)
+    assert abs(radii.min() - 0.5) < voxel and abs(radii.max() - 0.5) < voxel
+    assert mesh.is_watertight and mesh.volume > 0  # outward normals
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * 0.125, rel=0.05)
+    colors = mesh.visual.vertex_colors
+    assert (
+        colors.dtype == np.uint8 and colors.shape == (len(mesh.vertices), 4) and (colors[:, 3] == 255).all()
+    )
+    expected = np.round(np.clip(mesh.vertices * 0.5 + 0.5, 0, 1) * 255)
+    assert np.abs(colors[:, :3].astype(float) - expected).max() <= 1
+
+
+def test_sdf_variant_uses_level_zero():
+    mesh = extract_mesh(SdfSphere(), PLANES, resolution=40)
+    radii = np.linalg.norm(mesh.vertices, axis=1)
+    assert abs(radii.mean() - 0.7) < 2.1 / 39 and mesh.volume > 0
+
+
+@pytest.mark.parametrize("g", [33, 50])
+def test_coarse_to_fine_equals_dense(g):
+    field = BlobField(centres=((0.3, -0.2, 0.1), (-0.45, 0.4, -0.3)), radius=0.3)
+    dense = extract_mesh(field, PLANES, resolution=g, coarse_to_fine=False)
+    fast = extract_mesh(field, PLANES, resolution=g, coarse_stride=8, margin=0.0)
+    assert len(dense.faces) > 100
+    np.testing.assert_array_equal(fast.vertices, dense.vertices)
+    np.testing.assert_array_equal(fast.faces, dense.faces)
+
+
+def test_empty_field_gives_empty_mesh():
+    mesh = extract_mesh(BlobField(radius=-5.0), PLANES, resolution=16)
+    assert len(mesh.vertices) == 0 and len(mesh.faces) == 0
+    full = extract_mesh(BlobField(radius=5.0), PLANES, resolution=16)  # everything inside: no surface
+    assert len(full.faces) == 0
+
+
+def test_rejects_batches():
+    with pytest.raises(ConfigError, match="batch 1"):
+        extract_mesh(BlobField(), torch.zeros(2, 3, 1, 4, 4), resolution=8)
+
+
+def test_density_grid_axis_order():
+    field = BlobField(centres=((0.5, 0.0, 0.0),), radius=0.1)
+    grid = density_grid(field, PLANES, 5)  # lin = -1, -0.5, 0, 0.5, 1
+    assert grid.shape == (1, 5, 5, 5)
+    assert grid[0, 3, 2, 2] == grid.max()  # index [ix, iy, iz] is (x, y, z)
+
+
+def test_parity_grid(parity_dir):
+    ckpt = torch.load(parity_dir / "nerf_small.ckpt", map_location="cpu", weights_only=True)
+    prefix = "lrm_generator.synthesizer."
+    field = TriplaneField(16).eval()
+    field.load_state_dict(
+        {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    )
+    exp = load_file(parity_dir / "expected_nerf_small.safetensors")
+    tol = dict(rtol=1e-4, atol=2e-4)
+    torch.testing.assert_close(density_grid(field, exp["planes"], 32), exp["grid_sigma"][..., 0], **tol)
+    torch.testing.assert_close(field_grid(field, exp["planes"], 32, "rgb"), exp["grid_rgb"], **tol)
+    mesh = extract_mesh(field, exp["planes"], resolution=32, coarse_to_fine=False)
+    assert len(mesh.faces) > 0 and np.abs(mesh.vertices).max() <= 1.0
