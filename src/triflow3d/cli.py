@@ -17,6 +17,12 @@ from triflow3d.errors import TriflowError
 COMMANDS: dict[str, tuple[str, str]] = {
     "shapes": ("triflow3d.shapes.cli", "make the procedural captioned shape benchmark"),
     "render": ("triflow3d.render.cli", "render assets to multi-view RGBA images + cameras"),
+    "recon": ("triflow3d.recon.cli", "train / evaluate / export our reconstructor; reconstruct one object"),
+    "encode": ("triflow3d.encode", "encode rendered views into triplane latent shards"),
+    "latents": ("triflow3d.latents.cli", "latent statistics, spatial loss weights and an inspection report"),
+    "train": ("triflow3d.train.cli", "train the TriFlow rectified-flow transformer on triplane latents"),
+    "generate": ("triflow3d.generate_cli", "text -> 3D: generate meshes, turntables and triplanes from prompts"),
+    "serve": ("triflow3d.serve", "local web app: text -> 3D and reconstruction in the browser (gradio)"),
 }
 
 

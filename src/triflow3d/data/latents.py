@@ -1,0 +1,225 @@
+"""Triplane latent shards: the writer the ``encode`` stage uses and the lazy reader training uses.
+
+Folder layout (``LATENTS_DIR``)::
+
+    encoder.json                  {encoder, config_hash, conventions_version, triplane_shape, dtype}
+    shard-r000-00000.safetensors  key "triplanes" (N, 3, C, R, R); metadata "ids" (JSON list)
+    index-r000.jsonl              per-rank rows {id, shard, row, shard_sha256, caption, attributes, ...}
+    failures-r000.jsonl           per-rank rows {id, error}
+    index.jsonl                   the merged index (``merge_index``) readers use
+
+A shard is written under a temporary name and renamed when complete, and its rows reach the rank
+index only after that, each carrying the shard's sha256: a killed run leaves at worst an orphan shard
+or a temp folder, which no reader trusts. Extra per-object tensors written later by other stages sit
+in sidecars ``<shard stem>.<name>.safetensors`` (key ``name``, same row order) and are returned by
+:class:`LatentDataset` under ``name`` (e.g. ``weights``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+
+from triflow3d.errors import ConfigError
+from triflow3d.utils.io import append_jsonl, atomic_path, read_jsonl, write_json
+
+ENCODER_JSON = "encoder.json"
+INDEX = "index.jsonl"
+TRIPLANE_KEY = "triplanes"
+SIDECARS: tuple[str, ...] = ("weights",)
+_SHARD_RE = re.compile(r"^shard-r(\d{3})-(\d{5})\.safetensors$")
+
+
+def shard_name(rank: int, k: int) -> str:
+    return f"shard-r{rank:03d}-{k:05d}.safetensors"
+
+
+def rank_index_path(root: Path, rank: int) -> Path:
+    return Path(root) / f"index-r{rank:03d}.jsonl"
+
+
+def rank_failures_path(root: Path, rank: int) -> Path:
+    return Path(root) / f"failures-r{rank:03d}.jsonl"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_shard(path: Path, triplanes: torch.Tensor, ids: list[str], meta: dict[str, str]) -> str:
+    """Atomically write one shard (N, 3, C, R, R) and return its sha256."""
+    if triplanes.shape[0] != len(ids):
+        raise ValueError(f"{len(ids)} ids for {triplanes.shape[0]} triplanes")
+    with atomic_path(path) as tmp:
+        save_file({TRIPLANE_KEY: triplanes.contiguous()}, str(tmp), metadata={**meta, "ids": json.dumps(ids)})
+        digest = sha256_file(tmp)
+    return digest
+
+
+def next_shard_index(root: Path, rank: int) -> int:
+    """One past the highest shard number of ``rank`` on disk (orphans included, so none is overwritten)."""
+    matches = (_SHARD_RE.match(p.name) for p in Path(root).glob("shard-r*.safetensors"))
+    ks = [int(m.group(2)) for m in matches if m and int(m.group(1)) == rank]
+    return max(ks, default=-1) + 1
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append JSON lines, first ending a torn last line (from a killed run) so no new row is glued to it."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+    append_jsonl(path, rows)
+
+
+# --- encoder.json -----------------------------------------------------------------------------------
+def read_encoder_json(root: str | Path) -> dict:
+    path = Path(root) / ENCODER_JSON
+    if not path.exists():
+        raise ConfigError(f"{path}: missing; not a latents folder (run `triflow3d encode` first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON ({e})") from e
+
+
+def ensure_encoder_json(root: Path, info: dict) -> None:
+    """Write ``encoder.json``, or check that an existing one describes the same encoder and layout."""
+    path = Path(root) / ENCODER_JSON
+    if path.exists():
+        old = read_encoder_json(root)
+        keys = ("encoder", "config_hash", "conventions_version", "triplane_shape", "dtype")
+        diff = [k for k in keys if old.get(k) != info.get(k)]
+        if diff:
+            raise ConfigError(
+                f"{path}: existing latents were made with a different {', '.join(diff)} "
+                f"({[old.get(k) for k in diff]} vs {[info.get(k) for k in diff]}); use a new --out folder"
+            )
+        return
+    write_json(path, info)
+
+
+# --- index ------------------------------------------------------------------------------------------
+def _rank_files(root: Path, pattern: str) -> list[Path]:
+    return sorted(Path(root).glob(pattern))
+
+
+def valid_rows(root: str | Path, verify: bool = True) -> dict[str, dict]:
+    """Rows of every rank index whose shard exists (and, with ``verify``, matches its sha256); id -> row."""
+    root = Path(root)
+    ok: dict[str, bool] = {}
+    out: dict[str, dict] = {}
+    for f in _rank_files(root, "index-r*.jsonl"):
+        for row in read_jsonl(f):
+            key = (row.get("shard"), row.get("shard_sha256"))
+            if key not in ok:
+                p = root / str(row.get("shard"))
+                ok[key] = p.exists() and (not verify or sha256_file(p) == row.get("shard_sha256"))
+            if ok[key]:
+                out[str(row["id"])] = row
+    return out
+
+
+def failed_rows(root: str | Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for f in _rank_files(Path(root), "failures-r*.jsonl"):
+        out.update({str(r["id"]): r for r in read_jsonl(f) if "id" in r})
+    return out
+
+
+def merge_index(root: str | Path, verify: bool = True) -> dict:
+    """Build ``index.jsonl`` from the rank indexes (deduplicated by id, sorted); returns a summary."""
+    root = Path(root)
+    read_encoder_json(root)
+    rows = valid_rows(root, verify)
+    fails = {k: v for k, v in failed_rows(root).items() if k not in rows}
+    with atomic_path(root / INDEX) as tmp:
+        tmp.write_text("".join(json.dumps(rows[k], sort_keys=True) + "\n" for k in sorted(rows)))
+    used = {r["shard"] for r in rows.values()}
+    orphans = sorted(p.name for p in root.glob("shard-r*.safetensors") if p.name not in used)
+    return {"objects": len(rows), "failed": len(fails), "orphan_shards": orphans}
+
+
+def read_index(root: str | Path) -> list[dict]:
+    """The merged index if present, else the (unverified) union of the rank indexes."""
+    root = Path(root)
+    if (root / INDEX).exists():
+        return read_jsonl(root / INDEX)
+    rows = valid_rows(root, verify=False)
+    return [rows[k] for k in sorted(rows)]
+
+
+# --- reader -----------------------------------------------------------------------------------------
+class LatentDataset(Dataset):
+    """Lazily reads triplanes from a latents folder (memory-mapped ``safe_open``).
+
+    Items: dict(triplane (3, C, R, R) float32, caption, attributes, id, views_dir) plus one entry per
+    sidecar found (``weights`` ...). ``filter`` is a predicate on index rows.
+    """
+
+    def __init__(self, root: str | Path, filter: Callable[[dict], bool] | None = None):
+        self.root = Path(root)
+        self.encoder = read_encoder_json(self.root)
+        shape = self.encoder.get("triplane_shape")
+        if not (isinstance(shape, list) and len(shape) == 4):
+            raise ConfigError(f"{self.root / ENCODER_JSON}: triplane_shape must be [3, C, R, R], got {shape}")
+        self.triplane_shape: tuple[int, ...] = tuple(int(s) for s in shape)
+        rows = read_index(self.root)
+        self.rows: list[dict] = [r for r in rows if filter is None or filter(r)]
+        self._handles: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:  # safe_open handles do not pickle (DataLoader workers reopen)
+        return {**self.__dict__, "_handles": {}}
+
+    def _open(self, name: str):
+        if name not in self._handles:
+            path = self.root / name
+            if not path.exists():
+                self._handles[name] = None
+                if _SHARD_RE.match(name):
+                    raise ConfigError(f"{path}: shard listed in the index is missing")
+            else:
+                self._handles[name] = safe_open(str(path), framework="pt")
+                if _SHARD_RE.match(name):
+                    self._check_shard(path, self._handles[name])
+        return self._handles[name]
+
+    def _check_shard(self, path: Path, f) -> None:
+        got = tuple(f.get_slice(TRIPLANE_KEY).get_shape()[1:])
+        if got != self.triplane_shape:
+            raise ConfigError(f"{path}: triplanes of shape {got} but encoder.json says {self.triplane_shape}")
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        shard, r = str(row["shard"]), int(row["row"])
+        tri = self._open(shard).get_slice(TRIPLANE_KEY)[r : r + 1][0].float()  # (3, C, R, R)
+        item = {
+            "triplane": tri,
+            "caption": row.get("caption", ""),
+            "attributes": row.get("attributes") or {},
+            "id": str(row["id"]),
+            "views_dir": row.get("views_dir", ""),
+        }
+        stem = shard.removesuffix(".safetensors")
+        for name in SIDECARS:
+            f = self._open(f"{stem}.{name}.safetensors")
+            if f is not None:
+                item[name] = f.get_slice(name)[r : r + 1][0].float()
+        return item

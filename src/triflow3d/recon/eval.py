@@ -1,0 +1,103 @@
+"""Evaluate a reconstructor on held-out objects: novel-view PSNR (on white) and silhouette IoU.
+
+For each object of a zero123pp views folder the six input views give a triplane; it is rendered
+deterministically from the cameras of ``views_from`` (a folder rendered with another rig for the same
+ids) or, without it, from the input cameras themselves (then ``novel`` is false). PSNR is per view on
+white-composited colour, IoU per view between rendered alpha > 0.5 and the target mask alpha > 0.5;
+both are averaged over all views.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from triflow3d.data.views import ViewsFolder, composite_white
+from triflow3d.errors import ConfigError, TriflowError
+from triflow3d.utils.progress import progress_bar
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of (M, 3, S, S) images in [0, 1] -> (M,)."""
+    mse = (pred.clamp(0, 1) - target).pow(2).flatten(1).mean(1)
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def silhouette_iou(alpha: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per-image IoU of (M, 1, S, S) coverages thresholded at ``threshold`` -> (M,); empty vs empty = 1."""
+    a, m = (alpha > threshold).flatten(1), (mask > threshold).flatten(1)
+    inter, union = (a & m).sum(1).float(), (a | m).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+@torch.inference_mode()
+def evaluate_object(
+    model, inputs: ViewsFolder, id: str, targets: ViewsFolder, size: int, max_views: int | None
+):
+    """-> per-view PSNR (M,), IoU (M,) for one object."""
+    inp = inputs.load(id, int(model.config.image_size))
+    tgt = targets.load(id, size)
+    images = composite_white(inp.images)[None]  # (1, V, 3, H, W)
+    planes = model.forward_planes(images, inp.input_cameras[None])
+    cams = tgt.render_cameras[:max_views][None]  # (1, M, 25)
+    out = model.render(planes, cams, size, deterministic=True)
+    target = tgt.images[:max_views]  # (M, 4, S, S)
+    rgb, alpha = out["rgb"][0].float(), out["alpha"][0].float()
+    return psnr(rgb, composite_white(target)), silhouette_iou(
+        alpha.reshape(target[:, 3:].shape), target[:, 3:]
+    )
+
+
+def evaluate(
+    model,
+    data: str | Path,
+    views_from: str | Path | None = None,
+    size: int = 128,
+    limit: int | None = None,
+    max_views: int | None = None,
+) -> dict:
+    """Mean PSNR / IoU over the objects of ``data`` (and their views in ``views_from``) -> a JSON-able dict."""
+    t0 = time.perf_counter()
+    inputs = ViewsFolder(data)
+    targets = ViewsFolder(views_from) if views_from else inputs
+    ids = [i for i in inputs.ids if i in targets.ids][:limit]
+    if not ids:
+        raise ConfigError(f"no objects common to {data} and {views_from or data}")
+    psnrs, ious, fails = [], [], []
+    model.eval()
+    with progress_bar() as bar:
+        task = bar.add_task("eval", total=len(ids), status="")
+        for i in ids:
+            try:
+                p, q = evaluate_object(model, inputs, i, targets, size, max_views)
+            except TriflowError as e:
+                fails.append({"id": i, "error": str(e)})
+                continue
+            psnrs.append(p)
+            ious.append(q)
+            bar.advance(task)
+    if not psnrs:
+        raise ConfigError(f"every object failed to evaluate, e.g. {fails[0]}")
+    p, q = torch.cat(psnrs), torch.cat(ious)
+    return {
+        "psnr": round(float(p.mean()), 4),
+        "psnr_min_object": round(min(float(x.mean()) for x in psnrs), 4),
+        "iou": round(float(q.mean()), 5),
+        "n": len(psnrs),
+        "views": int(p.numel()),
+        "failed": len(fails),
+        "encoder": str(getattr(model, "encoder_id", "custom")),
+        "size": size,
+        "novel": views_from is not None,
+        "data": str(data),
+        "views_from": str(views_from) if views_from else None,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def quality_ok(result: dict, min_psnr: float = 26.0, min_iou: float = 0.92) -> bool:
+    """The shipped lrm-small targets."""
+    return result["psnr"] >= min_psnr and result["iou"] >= min_iou and not math.isnan(result["psnr"])

@@ -1,0 +1,276 @@
+"""Train our own small reconstructor (``lrm-small``) on rendered views, with exact resume.
+
+One step: encode each object's six Zero123++ views to a triplane, volume-render a random subset of
+supervision rays (other views and the input views), and minimise MSE on white-composited colour plus
+MSE on coverage (alpha vs mask). AdamW, linear warm-up then cosine decay, gradient clipping.
+
+Run folder: ``train_config.json`` + ``command.txt``, ``tb/`` (TensorBoard), ``log.jsonl``,
+``checkpoints/step_XXXXXXX/{model/ (model.safetensors + config.json), state.pt}`` and ``latest.json``.
+``state.pt`` holds only tensors and plain containers (optimizer, RNG states, step, data position) and
+is read with ``weights_only=True``. Resuming restores all of it, so N steps == k steps + resume to N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from triflow3d.encoders import (
+    ReconstructorConfig,
+    TriplaneReconstructor,
+    build_reconstructor,
+    save_reconstructor,
+)
+from triflow3d.errors import CheckpointError, ConfigError
+from triflow3d.recon.data import ReconData, sample_rays
+from triflow3d.utils.io import append_jsonl, atomic_path, write_json
+from triflow3d.utils.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and data-sampling knobs (the model itself is a ReconstructorConfig)."""
+
+    steps: int = 6000
+    batch: int = 4
+    """Objects per step."""
+    rays: int = 1024
+    """Supervision rays rendered per object per step (random subset, not full images)."""
+    fg_fraction: float = 0.5
+    """Share of rays drawn from covered pixels (the rest uniformly)."""
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 200
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    mask_weight: float = 0.5
+    """Weight of the coverage loss MSE(alpha, mask)."""
+    camera_noise: float = 0.02
+    """Uniform noise on the 16 input-camera numbers, as upstream training does."""
+    sup_size: int = 128
+    """Supervision views are held at this resolution."""
+    samples: int = 0
+    """Samples per training ray (half stratified, half importance); 0 = the model's own setting."""
+    seed: int = 0
+    ckpt_every: int = 500
+    log_every: int = 10
+    keep_checkpoints: int = 3
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "rays", "ckpt_every", "log_every", "sup_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.fg_fraction <= 1.0:
+            raise ConfigError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@dataclass
+class DataCursor:
+    """Epoch-wise shuffled object order: the permutation is a pure function of (seed, epoch)."""
+
+    seed: int
+    epoch: int = 0
+    pos: int = 0
+
+    def next(self, n: int, batch: int) -> torch.Tensor:
+        out: list[torch.Tensor] = []
+        while sum(len(o) for o in out) < batch:
+            perm = torch.randperm(
+                n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            )
+            take = perm[self.pos : self.pos + batch - sum(len(o) for o in out)]
+            out.append(take)
+            self.pos += len(take)
+            if self.pos >= n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return torch.cat(out)
+
+
+def loss_on_batch(
+    model: TriplaneReconstructor, data: ReconData, idx: torch.Tensor, cfg: TrainConfig, g: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Render random supervision rays of objects ``idx`` from their predicted triplanes -> losses."""
+    from triflow3d.triplane.volume import render_rays
+
+    images = data.inputs[idx].float() / 255.0  # (B, V, 3, H, W)
+    cams = data.input_cameras[idx]
+    cams = cams + cfg.camera_noise * (2 * torch.rand(cams.shape, generator=g) - 1)
+    rays = sample_rays(data, idx, cfg.rays, cfg.fg_fraction, g)
+    planes = model.forward_planes(images, cams)  # (B, 3, C, R, R)
+    out = render_rays(
+        model.synthesizer, planes, rays.origins, rays.dirs, model.render_options, False, generator=g
+    )
+    rgb_mse = F.mse_loss(out["rgb"], rays.rgb)
+    mask_mse = F.mse_loss(out["weight"], rays.alpha)
+    return {"loss": rgb_mse + cfg.mask_weight * mask_mse, "rgb_mse": rgb_mse, "mask_mse": mask_mse}
+
+
+def train_render_options(model: TriplaneReconstructor, cfg: TrainConfig):
+    """The model's render options, with ``cfg.samples`` per ray and dense evaluation (cheaper backward)."""
+    opts = model.render_options
+    if cfg.samples:
+        opts = dataclasses.replace(
+            opts, samples_coarse=cfg.samples // 2, samples_importance=cfg.samples - cfg.samples // 2
+        )
+    return dataclasses.replace(opts, fast=False)
+
+
+class Trainer:
+    """Holds model, optimiser, RNGs and data cursor; ``run()`` is the loop, ``save()``/``load()`` resume."""
+
+    def __init__(self, cfg: TrainConfig, model_config: ReconstructorConfig, data: ReconData, run_dir: Path,
+                 encoder_id: str = "lrm-small"):  # fmt: skip
+        self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.model = build_reconstructor(model_config, encoder_id=encoder_id, seed=cfg.seed).train()
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)  # rays, camera noise, render jitter
+        self.cursor = DataCursor(cfg.seed)
+        self.step = 0
+        self.wall = 0.0  # training seconds accumulated over resumes
+
+    # --- one step -------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, self.cfg)
+        idx = self.cursor.next(len(self.data), self.cfg.batch)
+        losses = loss_on_batch(self.model, self.data, idx, self.cfg, self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out |= {"grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"]}
+        out["psnr"] = -10.0 * math.log10(max(out["rgb_mse"], 1e-10))
+        return out
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "wall": self.wall,
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cursor": {"seed": self.cursor.seed, "epoch": self.cursor.epoch, "pos": self.cursor.pos},
+        }
+
+    def save(self) -> Path:
+        ckdir = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
+        with atomic_path(ckdir) as tmp:
+            tmp.mkdir()
+            save_reconstructor(self.model, tmp / "model")
+            torch.save(self.state(), tmp / "state.pt")
+        write_json(self.run_dir / "latest.json", {"step": self.step, "dir": ckdir.name})
+        self._prune()
+        return ckdir
+
+    def _prune(self) -> None:
+        dirs = sorted((self.run_dir / "checkpoints").glob("step_*"))
+        for d in dirs[: max(0, len(dirs) - self.cfg.keep_checkpoints)]:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def load(self, ckdir: Path) -> None:
+        try:
+            sd = load_file(ckdir / "model" / "model.safetensors")
+            st = torch.load(ckdir / "state.pt", map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as e:
+            raise CheckpointError(f"{ckdir}: cannot read training checkpoint ({e})") from e
+        self.model.load_state_dict(sd, strict=True)
+        self.opt.load_state_dict(st["optimizer"])
+        self.step, self.wall = int(st["step"]), float(st["wall"])
+        self.gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        self.cursor = DataCursor(**st["cursor"])
+
+    # --- loop -----------------------------------------------------------------------------------
+    def run(self, log: bool = True) -> dict[str, float]:
+        """Train until ``cfg.steps``; checkpoint every ``ckpt_every`` steps and at the end."""
+        writer = _summary_writer(self.run_dir / "tb") if log else None
+        last: dict[str, float] = {}
+        with progress_bar() as bar:
+            task = bar.add_task("train", total=self.cfg.steps, completed=self.step, status="")
+            while self.step < self.cfg.steps:
+                t0 = time.perf_counter()
+                last = self.train_step()
+                self.wall += time.perf_counter() - t0
+                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                    self._log(writer, last)
+                bar.update(
+                    task, completed=self.step, status=f"loss {last['loss']:.4f} psnr {last['psnr']:.1f}"
+                )
+                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+                    self.save()
+        if writer is not None:
+            writer.close()
+        return last
+
+    def _log(self, writer, metrics: dict[str, float]) -> None:
+        row = {"step": self.step, "wall": round(self.wall, 2), **{k: round(v, 6) for k, v in metrics.items()}}
+        append_jsonl(self.run_dir / "log.jsonl", [row])
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(f"train/{k}", v, self.step)
+
+
+def _summary_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is the optional [train] extra
+        return None
+    return SummaryWriter(str(path))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    p = Path(run_dir) / "latest.json"
+    if not p.exists():
+        return None
+    d = Path(run_dir) / "checkpoints" / json.loads(p.read_text())["dir"]
+    return d if d.is_dir() else None
+
+
+def check_run_config(
+    run_dir: Path, cfg: TrainConfig, model_config: ReconstructorConfig, preset: str = "lrm-small"
+) -> None:
+    """Write the run's configs, or (on resume) check they match the saved ones except ``steps``."""
+    path = Path(run_dir) / "train_config.json"
+    new = {"preset": preset, "train": dataclasses.asdict(cfg), "model": model_config.to_dict()}
+    if path.exists():
+        old = json.loads(path.read_text())
+        a = {**old["train"], "steps": None, "ckpt_every": None, "log_every": None}
+        b = {**json.loads(json.dumps(new["train"])), "steps": None, "ckpt_every": None, "log_every": None}
+        if a != b or old["model"] != json.loads(json.dumps(new["model"])):
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) or ["model"]
+            raise ConfigError(f"{path}: resume with different settings ({', '.join(diff)}); use a new --out")
+    write_json(path, new)
+    (Path(run_dir) / "command.txt").write_text(" ".join(sys.argv) + "\n")
+
+
+def machine_description() -> str:
+    return f"{platform.node()} {platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip()
