@@ -20,6 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 test: $(STAMP) lint
+	bash scripts/install_browser.sh || true
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest
 
 demo: $(STAMP)

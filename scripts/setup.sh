@@ -16,4 +16,4 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check "torch==2.13.0"
-"$venv/bin/pip" install -q --disable-pip-version-check -e ".[dev,text,train,export]"
+"$venv/bin/pip" install -q --disable-pip-version-check -e ".[dev,text,train,export,serve]"

@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("triflow3d.encode", "encode rendered views into triplane latent shards"),
     "latents": ("triflow3d.latents.cli", "latent statistics, spatial loss weights and an inspection report"),
     "train": ("triflow3d.train.cli", "train the TriFlow rectified-flow transformer on triplane latents"),
-    "generate": ("triflow3d.generate_cli", "text -> 3D: generate meshes, turntables and triplanes from prompts"),
+    "generate": (
+        "triflow3d.generate_cli",
+        "text -> 3D: generate meshes, turntables and triplanes from prompts",
+    ),
     "serve": ("triflow3d.serve", "local web app: text -> 3D and reconstruction in the browser (gradio)"),
 }
 

@@ -1,0 +1,344 @@
+"""The TriFlow trainer: loss goes down, exact resume, checkpoints, bad inputs, NaN steps, CFG dropout, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from triflow3d import cameras as cam
+from triflow3d.conventions import CONVENTIONS_VERSION
+from triflow3d.data import latents as lt
+from triflow3d.errors import ConfigError
+from triflow3d.train import PRESETS, Trainer, TrainingDivergedError, load_model
+from triflow3d.train import checkpoint as ck
+from triflow3d.train.trainer import BatchPlan, TextTable, draw, lr_at
+
+SHAPE = (3, 8, 16, 16)  # the tiny TriFlow preset's triplanes
+CATEGORIES = ("chair", "car")
+
+
+def make_latents(
+    root: Path,
+    n: int = 8,
+    shape: tuple[int, ...] = SHAPE,
+    encoder: str = "lrm-small",
+    views: Path | None = None,
+    nan: bool = False,
+) -> Path:
+    """A latents folder in the LatentDataset format: per-category patterns + noise, captions, weights."""
+    g = torch.Generator().manual_seed(1)
+    lt.ensure_encoder_json(root, {"encoder": encoder, "config_hash": "test", "dtype": "float32",
+                                  "conventions_version": CONVENTIONS_VERSION, "triplane_shape": list(shape)})  # fmt: skip
+    base = torch.randn(len(CATEGORIES), *shape, generator=g) * 2 + 1
+    cats = [CATEGORIES[i % len(CATEGORIES)] for i in range(n)]
+    tri = torch.stack([base[CATEGORIES.index(c)] + 0.1 * torch.randn(shape, generator=g) for c in cats])
+    if nan:
+        tri[:] = float("nan")
+    ids = [f"obj{i:02d}" for i in range(n)]
+    name = lt.shard_name(0, 0)
+    sha = lt.write_shard(root / name, tri, ids, {"encoder": encoder})
+    w = 0.1 + 0.9 * (torch.rand(n, 3, shape[2], shape[3], generator=g) > 0.5).float()
+    save_file({"weights": w}, str(root / name.replace(".safetensors", ".weights.safetensors")))
+    rows = [{"id": i, "shard": name, "row": k, "shard_sha256": sha, "caption": f"a red {c}",
+             "attributes": {"category": c}, "views_dir": str(views / i) if views else ""}
+            for k, (i, c) in enumerate(zip(ids, cats))]  # fmt: skip
+    lt.append_rows(lt.rank_index_path(root, 0), rows)
+    lt.merge_index(root)
+    return root
+
+
+def make_views(root: Path, ids: list[str], size: int = 32, n_views: int = 2) -> Path:
+    rig = cam.zero123pp_rig()
+    for k, i in enumerate(ids):
+        d = root / i
+        d.mkdir(parents=True)
+        meta = {
+            "conventions_version": CONVENTIONS_VERSION,
+            "render_cameras": rig.render_cameras()[:n_views].tolist(),
+        }
+        (d / "cameras.json").write_text(json.dumps(meta))
+        for v in range(n_views):
+            rgba = np.full((size, size, 4), 255, np.uint8)
+            rgba[8:24, 8:24, :3] = (40 * k) % 255, 100, 200
+            PIL.Image.fromarray(rgba).save(d / f"rgba_{v:03d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine it costs 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory) -> Path:
+    return make_latents(tmp_path_factory.mktemp("latents"))
+
+
+def tiny(latents: Path, out: Path, **kw) -> object:
+    return PRESETS["tiny"].replace(latents=str(latents), out=str(out), device="cpu", **kw)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+# --- behaviour -------------------------------------------------------------------------------------------
+@torch.no_grad()
+def held_out_loss(trainer: Trainer) -> float:
+    """Flow loss of the EMA model on all objects at fixed (t, eps) draws (no CFG dropout)."""
+    batch = [trainer.dataset[i] for i in range(len(trainer.dataset))]
+    x0 = trainer.normalizer.normalize(torch.stack([b["triplane"] for b in batch]))
+    d = draw(trainer.cfg.replace(cfg_dropout=0.0), 10**6, list(range(len(batch))), tuple(x0.shape[1:]))
+    text = trainer.text([b["caption"] for b in batch], torch.device("cpu"))
+    v_hat = trainer.ema(d.t.neg().add(1).view(-1, 1, 1, 1, 1) * x0 + d.t.view(-1, 1, 1, 1, 1) * d.eps, d.t,
+                        **text.as_kwargs())  # fmt: skip
+    return float((v_hat - (d.eps - x0)).pow(2).mean())
+
+
+def test_loss_decreases(latents, tmp_path):
+    cfg = tiny(latents, tmp_path, steps=40, batch_size=8, lr=5e-3, log_every=1, ckpt_every=100)
+    trainer = Trainer(cfg)
+    before = held_out_loss(trainer)
+    trainer.fit()
+    after = held_out_loss(trainer)
+    assert after < 0.85 * before, (before, after)
+    flow = [r["flow_loss"] for r in metrics(tmp_path) if "flow_loss" in r]
+    assert len(flow) == 40 and all(np.isfinite(flow)) and np.mean(flow[-8:]) < np.mean(flow[:8])
+    assert all("lr" in r and "grad_norm" in r for r in metrics(tmp_path) if "flow_loss" in r)
+    assert any(k.startswith("t0.") for k in metrics(tmp_path)[-1])  # loss by t-bin
+    assert list((tmp_path / "tb").iterdir())  # TensorBoard events
+
+
+def test_resume_is_exact(latents, tmp_path):
+    cfg = tiny(latents, tmp_path / "a", steps=6, grad_accum=2, ckpt_every=100, balance_classes=True)
+    Trainer(cfg).fit()
+    cfg_b = cfg.replace(out=str(tmp_path / "b"))
+    Trainer(cfg_b).fit(until=3)  # "killed" after 3 steps; only its checkpoint survives
+    Trainer(cfg_b, resume=tmp_path / "b").fit()
+    a, b = ck.step_dir(tmp_path / "a", 6), ck.step_dir(tmp_path / "b", 6)
+    for name in (ck.WEIGHTS, ck.EMA_WEIGHTS, ck.STATE):
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        ta = {k: v for k, v in ta.items() if not k.startswith("rng.")}
+        tb = {k: v for k, v in tb.items() if not k.startswith("rng.")}
+        assert max_diff(ta, tb) <= 1e-6, name
+    assert json.loads((b / ck.STATE_JSON).read_text())["step"] == 6
+
+
+def test_checkpoint_round_trip(latents, tmp_path):
+    trainer = Trainer(tiny(latents, tmp_path, steps=2, sample_every=2))  # sample_every: plane-0 images
+    trainer.fit()
+    path = ck.resolve_checkpoint(tmp_path)
+    assert path == ck.step_dir(tmp_path, 2) and not list(path.glob("*.pt"))
+    loaded = load_model(path)
+    assert max_diff(loaded.model.state_dict(), trainer.ema.state_dict()) == 0
+    assert max_diff(loaded.normalizer.state_dict(), trainer.normalizer.state_dict()) == 0
+    assert float(loaded.normalizer.std.std()) > 0  # real per-channel statistics, not the identity
+    cfg = loaded.config
+    assert cfg["encoder"] == {"encoder": "lrm-small", "triplane_shape": list(SHAPE), "config_hash": "test"}
+    assert cfg["conventions_version"] == CONVENTIONS_VERSION and cfg["text_encoder"]["name"] == "fake-32-0"
+    x, t = torch.randn(2, *SHAPE), torch.tensor([0.3, 0.7])
+    emb = trainer.text(["a red car", ""], torch.device("cpu"))
+    assert torch.equal(loaded.model(x, t, **emb.as_kwargs()), trainer.ema(x, t, **emb.as_kwargs()))
+    raw = load_model(path, ema=False)
+    assert max_diff(raw.model.state_dict(), trainer.raw.state_dict()) == 0
+
+
+def test_mismatched_encoder_or_shape_is_a_config_error(latents, tmp_path):
+    Trainer(tiny(latents, tmp_path / "run", steps=1)).fit()
+    other_enc = make_latents(tmp_path / "enc", encoder="instantmesh-nerf-large")
+    other_shape = make_latents(tmp_path / "shape", shape=(3, 8, 8, 8))
+    for bad in (other_enc, other_shape):
+        with pytest.raises(ConfigError, match="checkpoint .* was trained on 'lrm-small'"):
+            Trainer(tiny(bad, tmp_path / "ft"), init=tmp_path / "run")
+        with pytest.raises(ConfigError, match="triplane shape"):
+            Trainer(tiny(bad, tmp_path / "run"), resume=tmp_path / "run")
+
+
+def test_nan_step_is_skipped(latents, tmp_path):
+    trainer = Trainer(tiny(latents, tmp_path, steps=4))
+    original = trainer.micro_loss
+    before: dict = {}
+
+    def poisoned(batch, positions):
+        loss, part = original(batch, positions)
+        if trainer.step == 2:
+            before.update({k: v.clone() for k, v in trainer.raw.state_dict().items()})
+            return loss * float("nan"), part
+        return loss, part
+
+    trainer.micro_loss = poisoned
+    seen = []
+    step = trainer.train_step
+
+    def record(micro):
+        stats = step(micro)
+        if trainer.step == 2:
+            assert max_diff(before, trainer.raw.state_dict()) == 0  # no update on the bad step
+        seen.append(stats["skipped"])
+        return stats
+
+    trainer.train_step = record
+    trainer.fit()
+    assert seen == [0, 0, 1, 0]
+    rows = [r for r in metrics(tmp_path) if r.get("skipped")]
+    assert len(rows) == 1 and rows[0]["step"] == 2 and rows[0]["nan_streak"] == 1
+
+
+def test_stops_after_max_nan_steps(tmp_path):
+    bad = make_latents(tmp_path / "nan", nan=True)
+    cfg = tiny(
+        bad, tmp_path / "run", steps=10, max_nan_steps=3, normalizer_mode="none", normalizer_clamp=None
+    )
+    with pytest.raises(TrainingDivergedError, match="3 non-finite steps in a row"):
+        Trainer(cfg).fit()
+    assert [r["step"] for r in metrics(tmp_path / "run") if r.get("skipped")] == [0, 1, 2]
+
+
+def test_cfg_dropout_rate_and_empty_caption(latents, tmp_path, monkeypatch):
+    cfg = PRESETS["tiny"].replace(cfg_dropout=0.25)
+    d = draw(cfg, 7, list(range(4000)), (1,))
+    assert abs(float(d.drop.float().mean()) - 0.25) < 0.03
+    assert torch.equal(d.t, draw(cfg, 7, list(range(4000)), (1,)).t)  # deterministic
+    trainer = Trainer(tiny(latents, tmp_path, steps=3, cfg_dropout=0.5))
+    seen: list[str] = []
+    call = TextTable.__call__
+    monkeypatch.setattr(
+        TextTable, "__call__", lambda self, c, device: (seen.extend(c), call(self, c, device))[1]
+    )
+    trainer.fit()
+    expected = [draw(trainer.cfg, s, list(range(4)), (1,)).drop.tolist() for s in range(3)]
+    assert [c == "" for c in seen] == sum(expected, [])
+    assert 0 < seen.count("") < len(seen)
+
+
+def test_data_order_balanced_and_filtered(latents, tmp_path):
+    rows = [{"attributes": {"category": "chair" if i < 8 else "car"}} for i in range(10)]
+    plan = BatchPlan(rows, 50, seed=0, balanced=True)
+    picks = sum((plan.global_batch(s) for s in range(40)), [])
+    assert abs(np.mean([i >= 8 for i in picks]) - 0.5) < 0.05  # cars: 2 of 10 objects, half the samples
+    uniform = BatchPlan(rows, 5, seed=0, balanced=False)
+    assert sorted(uniform.global_batch(0) + uniform.global_batch(1)) == list(range(10))  # one epoch
+    trainer = Trainer(tiny(latents, tmp_path, category="car"))
+    assert len(trainer.dataset) == 4 and {r["attributes"]["category"] for r in trainer.dataset.rows} == {
+        "car"
+    }
+    with pytest.raises(ConfigError, match="no objects with category 'lamp'"):
+        Trainer(tiny(latents, tmp_path, category="lamp"))
+
+
+def test_lr_schedule():
+    cfg = PRESETS["tiny"].replace(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4, lr_schedule="cosine")
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(10, cfg) == pytest.approx(1e-3) and lr_at(100, cfg) == pytest.approx(1e-4)
+    assert lr_at(50, PRESETS["tiny"].replace(warmup_steps=0)) == PRESETS["tiny"].lr
+
+
+def test_perceptual_rendering_loss(tmp_path):
+    from triflow3d.triplane.field import TriplaneField
+
+    views = make_views(tmp_path / "views", [f"obj{i:02d}" for i in range(4)])
+    data = make_latents(tmp_path / "lat", n=4, views=views)
+    torch.manual_seed(0)
+    field = TriplaneField(SHAPE[1]).requires_grad_(False)
+    cfg = tiny(data, tmp_path / "run", steps=2, perceptual="random-vgg", perceptual_t_max=1.0,
+               perceptual_size=32, perceptual_crop=16, perceptual_samples=8, perceptual_weight=1.0,
+               sample_every=2)  # fmt: skip
+    stats = Trainer(cfg, field=field).fit()
+    assert stats["perceptual_loss"] > 0 and np.isfinite(stats["loss"])
+    assert "NOT LPIPS" in (tmp_path / "run" / "MODEL_CARD.md").read_text()
+    assert "NOT LPIPS" in ck.read_config(ck.resolve_checkpoint(tmp_path / "run"))["perceptual"]
+
+
+def test_render_loss_weighting_and_gradient(tmp_path):
+    from triflow3d.latents.normalizer import LatentNormalizer
+    from triflow3d.perceptual import make_perceptual_loss
+    from triflow3d.train.trainer import RenderLoss
+    from triflow3d.triplane.field import TriplaneField
+
+    views = make_views(tmp_path, ["a", "b"])
+    cfg = PRESETS["tiny"].replace(perceptual="random-vgg", perceptual_size=16, perceptual_samples=8)
+    field = TriplaneField(SHAPE[1]).requires_grad_(False)
+    loss = RenderLoss(cfg, field, make_perceptual_loss("random-vgg"), LatentNormalizer(SHAPE[1], "none"))
+    t = torch.tensor([0.2, 0.9])  # t_max 0.5: only the first sample is rendered
+    assert torch.allclose(loss.weight(t), torch.tensor([0.1 * 0.8, 0.0]))
+    x_t, v_hat = torch.randn(2, *SHAPE), torch.randn(2, *SHAPE, requires_grad=True)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    per = loss(x_t, v_hat, t, [str(views / "a"), str(views / "b")], gens)
+    assert per[0] > 0 and per[1] == 0
+    per.sum().backward()
+    assert v_hat.grad[0].abs().sum() > 0 and v_hat.grad[1].abs().sum() == 0
+
+
+# --- entry points ----------------------------------------------------------------------------------------
+def test_cli_help(capsys):
+    from triflow3d.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0 and "--cfg-dropout" in capsys.readouterr().out
+    out = subprocess.run(
+        [sys.executable, "-m", "triflow3d.train", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and "--cfg-dropout" in out.stdout
+
+
+def test_cli_train_and_resume(latents, tmp_path):
+    from triflow3d.train.cli import main
+
+    base = ["--preset", "tiny", "--latents", str(latents), "--out", str(tmp_path), "--device", "cpu"]
+    assert main([*base, "--steps", "2", "--lr", "3e-4", "--normalizer-clamp", "none"]) == 0
+    assert main(["--resume", str(tmp_path), "--steps", "4"]) == 0
+    conf = ck.read_config(ck.resolve_checkpoint(tmp_path))
+    assert conf["step"] == 4 and conf["train_config"]["lr"] == 3e-4 and conf["normalizer"]["clamp"] is None
+    assert main([*base, "--batch-size", "3", "--grad-accum", "2"]) == 1  # ConfigError -> exit code 1
+
+
+def test_two_process_ddp_matches_one_process(latents, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not found next to the interpreter")
+    args = ["--preset", "tiny", "--latents", str(latents), "--device", "cpu", "--steps", "3", "--batch-size", "4",
+            "--grad-accum", "1", "--sync-check-every", "1", "--log-every", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "triflow3d.train",
+        *args,
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one = PRESETS["tiny"].replace(latents=str(latents), out=str(tmp_path / "one"), device="cpu", steps=3,
+                                  batch_size=4, log_every=1)  # fmt: skip
+    Trainer(one).fit()
+    ddp, single = ck.step_dir(tmp_path / "ddp", 3), ck.step_dir(tmp_path / "one", 3)
+    assert max_diff(load_file(str(ddp / ck.WEIGHTS)), load_file(str(single / ck.WEIGHTS))) < 1e-5
+    assert [r["sync_diff"] for r in metrics(tmp_path / "ddp") if "sync_diff" in r] == [0.0, 0.0, 0.0]
+    assert json.loads((ddp / ck.STATE_JSON).read_text())["world_size"] == 2
+    losses = [[r["loss"] for r in metrics(p) if "loss" in r] for p in (tmp_path / "ddp", tmp_path / "one")]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    shutil.rmtree(tmp_path / "ddp")
