@@ -52,7 +52,7 @@ def test_param_counts_match_docs_order_of_magnitude():
     with torch.device("meta"):
         paper, small = TriFlow(PRESETS["paper"]), TriFlow(PRESETS["small"])
     assert 300e6 < count_params(paper) < 400e6  # research/paper.md s5.3 estimate: ~0.34 B
-    assert 10e6 < count_params(small) < 20e6
+    assert 5e6 < count_params(small) < 20e6
 
 
 def test_zero_output_and_identity_blocks_at_init():

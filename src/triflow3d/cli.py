@@ -18,12 +18,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shapes": ("triflow3d.shapes.cli", "make the procedural captioned shape benchmark"),
     "render": ("triflow3d.render.cli", "render assets to multi-view RGBA images + cameras"),
     "recon": ("triflow3d.recon.cli", "train / evaluate / export our reconstructor; reconstruct one object"),
+    "reconstruct": (
+        "triflow3d.recon.reconstruct_cli",
+        "one object's views or an asset -> what the encoder captures",
+    ),
     "encode": ("triflow3d.encode", "encode rendered views into triplane latent shards"),
     "latents": ("triflow3d.latents.cli", "latent statistics, spatial loss weights and an inspection report"),
     "train": ("triflow3d.train.cli", "train the TriFlow rectified-flow transformer on triplane latents"),
     "generate": (
         "triflow3d.generate_cli",
         "text -> 3D: generate meshes, turntables and triplanes from prompts",
+    ),
+    "eval": ("triflow3d.evaluation.cli", "evaluate a model on the shape benchmark: metrics, report, figures"),
+    "ablate": (
+        "triflow3d.evaluation.ablate",
+        "matched small trainings of design variants, evaluated and tabled",
     ),
     "serve": ("triflow3d.serve", "local web app: text -> 3D and reconstruction in the browser (gradio)"),
 }

@@ -64,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     x.add_argument("--eval-views")
 
     r = sub.add_parser("reconstruct", help="views folder of one object, or an asset file -> mesh + renders")
+    add_reconstruct_arguments(r)
+
+
+def add_reconstruct_arguments(r: argparse.ArgumentParser) -> None:
+    """Arguments of ``triflow3d reconstruct`` (also reachable as ``triflow3d recon reconstruct``)."""
     r.add_argument("input", help="a folder with cameras.json + rgba_*.png (zero123pp rig) or a 3D file")
     _encoder_args(r)
     r.add_argument("--out", required=True)
@@ -85,6 +90,8 @@ def _load_encoder(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "recon_command", None) is None:  # the top-level ``triflow3d reconstruct``
+        return _reconstruct(args)
     return {"train": _train, "eval": _eval, "export": _export, "reconstruct": _reconstruct}[
         args.recon_command
     ](args)
@@ -120,6 +127,10 @@ def _train(args) -> int:
     data = load_recon_data(
         args.data, args.supervision, mcfg.image_size, cfg.sup_size, args.views_per_object, args.limit
     )
+    if cfg.occ_weight > 0:
+        from triflow3d.recon.points import load_occupancy
+
+        data.points, data.occ = load_occupancy(data.dirs, cfg.occ_samples, cfg.seed)
     print(
         f"objects {len(data)} (failed {len(data.failures)}), views/object {data.sup.shape[1]}",
         file=sys.stderr,
@@ -194,6 +205,7 @@ def _eval(args) -> int:
 def _reconstruct(args) -> int:
     from PIL import Image
 
+    from triflow3d.assets.export import save_mesh
     from triflow3d.cameras import orbit_rig
     from triflow3d.data.views import composite_white, is_zero123pp, load_object
 
@@ -213,7 +225,7 @@ def _reconstruct(args) -> int:
         mesh = model.extract_mesh(planes, args.resolution)
         cams = orbit_rig(args.renders).render_cameras()[None]
         rgb = model.render(planes, cams, args.size, deterministic=True)["rgb"][0]  # (M, 3, S, S)
-    mesh.export(out / "mesh.glb")
+    save_mesh(mesh, out / "mesh.glb")  # GLB files are Y-up: the writer converts from our z-up world
     for k, img in enumerate(rgb):
         arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(arr).save(out / f"render_{k:03d}.png")

@@ -30,6 +30,9 @@ class ReconData:
     sup_c2w: torch.Tensor
     sup_K: torch.Tensor
     failures: list[str]
+    dirs: list[Path] | None = None  # each object's input views folder
+    points: torch.Tensor | None = None  # (N, P, 3) 3D supervision points, when enabled
+    occ: torch.Tensor | None = None  # (N, P) inside labels of those points
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,7 +70,9 @@ def load_recon_data(
     if not rows:
         raise ConfigError(f"no loadable objects: {fails[:3]}")
     m = min(r[3].shape[0] for r in rows)  # equal view counts, so objects stack
-    ids, inp, cams, sup, c2w, K = zip(*[(r[0], r[1], r[2], r[3][:m], r[4][:m], r[5][:m]) for r in rows])
+    ids, inp, cams, sup, c2w, K, dirs = zip(
+        *[(r[0], r[1], r[2], r[3][:m], r[4][:m], r[5][:m], r[6]) for r in rows]
+    )
     return ReconData(
         list(ids),
         torch.stack(inp),
@@ -76,6 +81,7 @@ def load_recon_data(
         torch.stack(c2w),
         torch.stack(K),
         fails,
+        list(dirs),
     )
 
 
@@ -92,7 +98,7 @@ def _load_one(
     sup = torch.cat([v.images for v in views])[:n]  # (M, 4, S, S)
     c2w = torch.cat([v.c2w for v in views])[:n]
     K = torch.cat([v.K for v in views])[:n]
-    return id, _to_uint8(composite_white(inp.images)), inp.input_cameras, sup, c2w, K
+    return id, _to_uint8(composite_white(inp.images)), inp.input_cameras, sup, c2w, K, folder.path(id)
 
 
 @dataclass

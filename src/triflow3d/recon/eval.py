@@ -17,13 +17,16 @@ import torch
 
 from triflow3d.data.views import ViewsFolder, composite_white
 from triflow3d.errors import ConfigError, TriflowError
+from triflow3d.evaluation.image import psnr as image_psnr
 from triflow3d.utils.progress import progress_bar
+
+MAX_PSNR_DB = 100.0  # what an MSE floor of 1e-10 gave
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of (M, 3, S, S) images in [0, 1] -> (M,)."""
-    mse = (pred.clamp(0, 1) - target).pow(2).flatten(1).mean(1)
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+    """Per-image PSNR in dB of (M, 3, S, S) images in [0, 1] -> (M,) float32; ``pred`` is clamped to
+    [0, 1] and identical images give 100 dB (not inf) so means stay finite. See ``evaluation.image.psnr``."""
+    return image_psnr(pred.clamp(0, 1), target).clamp_max(MAX_PSNR_DB).float()
 
 
 def silhouette_iou(alpha: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

@@ -34,6 +34,7 @@ from triflow3d.encoders import (
 )
 from triflow3d.errors import CheckpointError, ConfigError
 from triflow3d.recon.data import ReconData, sample_rays
+from triflow3d.recon.points import occupancy_loss
 from triflow3d.utils.io import append_jsonl, atomic_path, write_json
 from triflow3d.utils.progress import progress_bar
 
@@ -63,6 +64,12 @@ class TrainConfig:
     """Supervision views are held at this resolution."""
     samples: int = 0
     """Samples per training ray (half stratified, half importance); 0 = the model's own setting."""
+    occ_weight: float = 0.0
+    """Weight of the direct 3D supervision (inside/outside BCE at the mesh threshold); 0 = off."""
+    occ_points: int = 1024
+    """3D supervision points drawn per object per step (from ``occ_samples`` precomputed)."""
+    occ_samples: int = 8192
+    """Labelled points precomputed per object (half near the surface, half uniform in the box)."""
     seed: int = 0
     ckpt_every: int = 500
     log_every: int = 10
@@ -122,7 +129,23 @@ def loss_on_batch(
     )
     rgb_mse = F.mse_loss(out["rgb"], rays.rgb)
     mask_mse = F.mse_loss(out["weight"], rays.alpha)
-    return {"loss": rgb_mse + cfg.mask_weight * mask_mse, "rgb_mse": rgb_mse, "mask_mse": mask_mse}
+    losses = {"loss": rgb_mse + cfg.mask_weight * mask_mse, "rgb_mse": rgb_mse, "mask_mse": mask_mse}
+    if cfg.occ_weight > 0:
+        losses["occ_bce"] = occupancy_term(model, planes, data, idx, cfg.occ_points, g)
+        losses["loss"] = losses["loss"] + cfg.occ_weight * losses["occ_bce"]
+    return losses
+
+
+def occupancy_term(
+    model: TriplaneReconstructor, planes: torch.Tensor, data: ReconData, idx: torch.Tensor, n: int, g
+) -> torch.Tensor:
+    """BCE of ``n`` random labelled 3D points per object against the density at the mesh threshold."""
+    if data.points is None or data.occ is None:
+        raise ConfigError("occ_weight > 0 needs 3D supervision points (ReconData.points)")
+    pick = torch.randint(0, data.points.shape[1], (len(idx), n), generator=g)  # (B, n)
+    pts = data.points[idx].gather(1, pick[..., None].expand(-1, -1, 3))
+    occ = data.occ[idx].gather(1, pick)
+    return occupancy_loss(model.synthesizer.query(planes, pts)["sigma_raw"], occ)
 
 
 def train_render_options(model: TriplaneReconstructor, cfg: TrainConfig):
