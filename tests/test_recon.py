@@ -204,3 +204,46 @@ def test_cli_help():
         with pytest.raises(SystemExit) as e:
             main(cmd)
         assert e.value.code == 0
+
+
+# --- 3D supervision ---------------------------------------------------------------------------------
+def test_occupancy_logit_crosses_zero_at_the_mesh_threshold():
+    import torch.nn.functional as F
+
+    from triflow3d import conventions as cv
+    from triflow3d.recon.points import raw_at_threshold
+
+    raw = torch.tensor(raw_at_threshold())
+    torch.testing.assert_close(F.softplus(raw + cv.DENSITY_SHIFT), torch.tensor(cv.MESH_THRESHOLD))
+
+
+def test_occupancy_labels_of_a_sphere_and_unknown_labels_are_ignored(tmp_path):
+    import json
+
+    import numpy as np
+    import trimesh
+
+    from triflow3d.assets import MeshPart
+    from triflow3d.assets.export import save_glb
+    from triflow3d.assets.types import Asset
+    from triflow3d.recon.points import object_occupancy, occupancy_loss
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    save_glb(Asset((MeshPart(sphere.vertices.astype("float32"), sphere.faces),)), tmp_path / "s.glb")
+    obj = tmp_path / "views" / "s"
+    obj.mkdir(parents=True)
+    shift = np.eye(4)
+    shift[:3, 3] = [0.2, 0.0, 0.0]  # the render stage's normalisation is applied to the labels
+    (obj / "cameras.json").write_text(
+        json.dumps({"source": str(tmp_path / "s.glb"), "normalization_transform": shift.tolist()})
+    )
+    pts, inside = object_occupancy(obj, 2000, seed=0)
+    r = np.linalg.norm(pts - [0.2, 0.0, 0.0], axis=1)
+    clear = np.abs(r - 0.5) > 0.02  # away from the faceted surface
+    assert (inside[clear] == (r[clear] < 0.5)).all() and 0.1 < inside.mean() < 0.9
+
+    raw = torch.zeros(1, 4, 1)
+    known = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    unknown = torch.full((1, 4), -1.0)
+    both = torch.cat([known, unknown], 1)
+    torch.testing.assert_close(occupancy_loss(torch.zeros(1, 8, 1), both), occupancy_loss(raw, known))

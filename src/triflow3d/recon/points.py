@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import zlib
 from pathlib import Path
 
@@ -33,8 +34,15 @@ def raw_at_threshold(threshold: float = cv.MESH_THRESHOLD) -> float:
 
 
 def occupancy_loss(sigma_raw: torch.Tensor, occ: torch.Tensor, threshold: float = cv.MESH_THRESHOLD):
-    """BCE between inside labels (B, P) and the occupancy logit of raw densities (B, P, 1)."""
-    return F.binary_cross_entropy_with_logits(sigma_raw[..., 0] - raw_at_threshold(threshold), occ)
+    """BCE between inside labels (B, P) and the occupancy logit of raw densities (B, P, 1).
+
+    Labels < 0 mark objects without 3D supervision (parts not watertight); they do not count.
+    """
+    known = (occ >= 0).float()
+    bce = F.binary_cross_entropy_with_logits(
+        sigma_raw[..., 0] - raw_at_threshold(threshold), occ.clamp_min(0.0), reduction="none"
+    )
+    return (bce * known).sum() / known.sum().clamp_min(1.0)
 
 
 def _resolve_source(src: str, obj_dir: Path) -> Path:
@@ -70,16 +78,21 @@ def object_occupancy(obj_dir: Path, n: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def load_occupancy(obj_dirs: list[Path], n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points (N, n, 3) and labels (N, n) float for every object; seeded per object id (crc32)."""
-    pts, occ = [], []
+    """Points (N, n, 3) and labels (N, n) float (-1: unknown) for every object; seeded by object id."""
+    pts, occ, skipped = [], [], 0
     with progress_bar() as bar:
         task = bar.add_task("3D labels", total=len(obj_dirs), status="")
         for d in obj_dirs:
             try:
                 p, o = object_occupancy(d, n, seed * 1_000_003 + zlib.crc32(d.name.encode()))
-            except (TriflowError, ValueError, KeyError, OSError) as e:
-                raise AssetError(d, f"cannot build 3D supervision ({e}); train without --occ-weight") from e
-            pts.append(torch.from_numpy(p))
-            occ.append(torch.from_numpy(o).float())
-            bar.advance(task)
+                pts.append(torch.from_numpy(p))
+                occ.append(torch.from_numpy(o).float())
+            except (TriflowError, ValueError, KeyError, OSError):
+                pts.append(torch.zeros(n, 3))
+                occ.append(torch.full((n,), -1.0))  # unknown: left out of the loss
+                skipped += 1
+            bar.update(task, advance=1, status=f"{skipped} without labels")
+    if skipped:
+        warnings.warn(f"3D supervision: {skipped} of {len(obj_dirs)} objects have no watertight parts; "
+                      "they are trained from images only", stacklevel=2)  # fmt: skip
     return torch.stack(pts), torch.stack(occ)

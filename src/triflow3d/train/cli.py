@@ -52,8 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TrainConfig fields (override the preset)")
     for f in dataclasses.fields(TrainConfig):
         help_text = f.metadata.get("help", "")
+        flags = [f"--{f.name.replace('_', '-')}"] + (["--data"] if f.name == "latents" else [])
         group.add_argument(
-            f"--{f.name.replace('_', '-')}",
+            *flags,
             dest=f.name,
             default=argparse.SUPPRESS,
             help=help_text.replace("%", "%%"),
