@@ -199,7 +199,7 @@ def test_pos_embed_interpolation_rule():
 
 
 def test_forward_planes_shapes_and_camera_conditioning():
-    model = build_reconstructor(tiny_config()).eval()
+    model = build_reconstructor(tiny_config(ray_embedding=False)).eval()  # InstantMesh's encoder
     images, cams = torch.rand(2, 3, 3, 64, 64), torch.randn(2, 3, 16)
     with torch.no_grad():
         planes = model.forward_planes(images, cams)
@@ -317,3 +317,25 @@ def test_bf16_inference_is_close_to_fp32(tmp_path):
     assert p16.dtype == torch.float32 and torch.isfinite(p16).all()
     err = (p16 - p32).abs().max() / p32.abs().max()
     assert err < 0.05, err
+
+
+def test_ray_embedding_gives_cameras_an_effect_from_init():
+    from triflow3d.cameras import zero123pp_rig
+    from triflow3d.encoders.reconstructor import plucker_patches
+
+    cams = zero123pp_rig().input_cameras()  # (6, 16)
+    rays = plucker_patches(cams, 64, 16)
+    assert rays.shape == (6, 16, 6 * 16 * 16)
+    d = rays.reshape(6, 16, 16, 16, 6)[..., :3]
+    torch.testing.assert_close(d.norm(dim=-1), torch.ones(6, 16, 16, 16))
+    model = build_reconstructor(tiny_config()).eval()
+    assert "encoder.ray_embedder.weight" in model.state_dict()
+    assert not any(
+        "ray_embedder" in k for k in build_reconstructor(tiny_config(ray_embedding=False)).state_dict()
+    )
+    images = torch.rand(1, 6, 3, 64, 64)
+    with torch.no_grad():
+        a = model.encode_images(images, cams[None])
+        b = model.encode_images(images, cams.roll(1, 0)[None])
+    assert not torch.allclose(a, b)  # which camera saw which image matters before any training
+    assert ReconstructorConfig.from_dict(tiny_config().to_dict()).ray_embedding

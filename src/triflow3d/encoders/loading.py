@@ -64,6 +64,7 @@ PRESETS: dict[str, ReconstructorConfig] = {
         triplane_high_res=32,
         triplane_dim=8,
         rendering_samples_per_ray=64,
+        ray_embedding=True,
     ),  # fmt: skip
 }
 

@@ -36,11 +36,12 @@ _PARAM_FIELDS = (
     "triplane_high_res",
     "triplane_dim",
     "rendering_samples_per_ray",
+    "ray_embedding",  # triflow3d extension (not upstream): Plucker ray tokens, see CameraConditionedEncoder
 )
 _MESH_FIELDS = ("grid_res", "grid_scale")
 _VIT_FIELDS = tuple(f.name for f in dataclasses.fields(ViTParams))
 _OPTIONAL = {"triplane_high_res", "rendering_samples_per_ray", "grid_res", "grid_scale", "layer_norm_eps"}
-_OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels"}
+_OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class ReconstructorConfig:
     triplane_dim: int = 80
     rendering_samples_per_ray: int = 128
     """Split evenly into coarse and importance samples."""
+    ray_embedding: bool = False
+    """Not upstream (InstantMesh leaves it off): add per-patch Plucker ray embeddings of each input
+    camera to the ViT patch tokens, which gives a model trained from scratch an explicit geometric code
+    for every pixel (our ``lrm-small`` uses it; the official checkpoints do not have these weights)."""
     grid_res: int = 128
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
@@ -165,17 +170,38 @@ def _typed(name: str, value: Any) -> Any:
 
 
 class CameraConditionedEncoder(nn.Module):
-    """InstantMesh's DinoWrapper: a camera MLP (16 -> D -> D) and the adaLN-modulated ViT."""
+    """InstantMesh's DinoWrapper: a camera MLP (16 -> D -> D) and the adaLN-modulated ViT.
 
-    def __init__(self, p: ViTParams):
+    With ``ray_embedding`` (a triflow3d extension, off for InstantMesh) each patch token also gets a
+    linear embedding of the Plucker coordinates (d, o x d) of the rays through its pixels.
+    """
+
+    def __init__(self, p: ViTParams, ray_embedding: bool = False):
         super().__init__()
         d = p.hidden_size
         self.model = ModulatedViT(p)
         self.camera_embedder = nn.Sequential(nn.Linear(cv.INPUT_CAMERA_DIM, d), nn.SiLU(), nn.Linear(d, d))
+        self.ray_embedder = nn.Linear(6 * p.patch_size**2, d) if ray_embedding else None
 
     def forward(self, pixels: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
         """Normalised pixels (N, 3, H, W) + cameras (N, 16) -> tokens (N, 1 + h*w, D)."""
-        return self.model(pixels, self.camera_embedder(cameras.to(pixels.dtype)))
+        rays = None
+        if self.ray_embedder is not None:
+            plucker = plucker_patches(cameras, pixels.shape[-1], self.model.params.patch_size)
+            rays = self.ray_embedder(plucker.to(self.ray_embedder.weight.dtype))
+        return self.model(pixels, self.camera_embedder(cameras.to(pixels.dtype)), rays)
+
+
+def plucker_patches(cameras: torch.Tensor, size: int, patch: int) -> torch.Tensor:
+    """Input cameras (N, 16) -> per-patch Plucker rays (N, (S/p)^2, 6 p^2): (d, o x d) of every pixel."""
+    from triflow3d.cameras import decode_input_cameras, pixel_rays
+
+    c2w, K = decode_input_cameras(cameras.float())
+    o, d = pixel_rays(c2w, K, size)  # (N, S*S, 3) each
+    rays = torch.cat([d, torch.cross(o, d, dim=-1)], dim=-1)  # (N, S*S, 6)
+    g = size // patch
+    rays = rays.reshape(-1, g, patch, g, patch, 6).permute(0, 1, 3, 2, 4, 5)  # (N, g, g, p, p, 6)
+    return rays.reshape(-1, g * g, patch * patch * 6)
 
 
 class TriplaneReconstructor(nn.Module):
@@ -193,7 +219,7 @@ class TriplaneReconstructor(nn.Module):
         self.config = config
         self.encoder_id = encoder_id
         c = config
-        self.encoder = CameraConditionedEncoder(c.vit_params)
+        self.encoder = CameraConditionedEncoder(c.vit_params, c.ray_embedding)
         self.transformer = TriplaneTransformer(
             c.transformer_dim, c.encoder_feat_dim, c.transformer_layers, c.transformer_heads,
             c.triplane_low_res, c.triplane_dim,

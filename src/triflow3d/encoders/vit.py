@@ -241,7 +241,10 @@ class ModulatedViT(nn.Module):
         nn.init.trunc_normal_(self.embeddings.cls_token, std=0.02)
         nn.init.trunc_normal_(self.embeddings.position_embeddings, std=0.02)
 
-    def forward(self, pixels: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, cond: torch.Tensor, extra: torch.Tensor | None = None):
+        """``extra`` (N, h*w, D), if given, is added to the patch tokens (not to CLS)."""
         x = self.embeddings(pixels)  # (N, L, D)
+        if extra is not None:
+            x = torch.cat([x[:, :1], x[:, 1:] + extra.to(x.dtype)], dim=1)
         x = self.encoder(x, cond.to(x.dtype))
         return self.layernorm(x)
