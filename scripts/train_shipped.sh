@@ -10,7 +10,7 @@ bash scripts/prepare_shapes.sh data 3000 200 300 128
 
 # 1. lrm-small: our reconstructor (images -> 3 x 8 x 32 x 32 triplanes), rays + 3D occupancy supervision
 "$bin/triflow3d" recon train --data data/views/train --supervision data/views_random/train --out runs/lrm-small \
-  --steps 3500 --batch 2 --rays 1024 --samples 32 --lr 1e-3 --warmup 200 --ckpt-every 250 --occ-weight 1.0 --threads 2
+  --steps 3000 --batch 2 --rays 1024 --samples 32 --lr 1e-3 --warmup 200 --ckpt-every 250 --occ-weight 1.0 --threads 2
 "$bin/triflow3d" recon export --run runs/lrm-small --export src/triflow3d/weights/lrm-small \
   --eval-data data/views/test --eval-views data/views_random/test
 

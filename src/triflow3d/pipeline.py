@@ -358,13 +358,15 @@ class TextTo3DPipeline:
         reconstructor: TriplaneReconstructor | None = None,
         autocast: torch.dtype | None = None,
     ) -> TextTo3DPipeline:
-        """Load a model folder (None: the shipped ``weights/triflow-small``); EMA weights when present."""
+        """Load a model folder or a training run folder (its latest checkpoint; None: the shipped
+        ``weights/triflow-small``); EMA weights when present."""
         folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
         if not folder.is_dir():
             hint = (
                 " (the shipped default model is not installed; pass a model folder)" if path is None else ""
             )
             raise CheckpointError(f"{folder}: model folder not found{hint}")
+        folder = ck.resolve_checkpoint(folder)  # a training run folder means its latest checkpoint
         try:
             loaded = ck.load_model(folder, ema=(folder / ck.EMA_WEIGHTS).is_file(), device=device)
         except (KeyError, TypeError, RuntimeError) as e:  # bad config keys, mis-shaped weights
