@@ -292,9 +292,19 @@ def test_save_load_round_trip_lrm_small(tmp_path):
         load_reconstructor("lrm-small", checkpoint=out)
 
 
-def test_lrm_small_without_shipped_weights(tmp_path):
-    if (WEIGHTS_DIR / "lrm-small" / "model.safetensors").exists():
-        pytest.skip("lrm-small weights are shipped")
+def test_shipped_lrm_small_loads():
+    if not (WEIGHTS_DIR / "lrm-small" / "model.safetensors").exists():
+        pytest.skip("lrm-small weights are not shipped in this checkout")
+    model = load_reconstructor("lrm-small")
+    assert model.encoder_id == "lrm-small" and model.triplane_shape == (3, 8, 32, 32)
+    assert model.config == PRESETS["lrm-small"]
+    assert (WEIGHTS_DIR / "lrm-small" / "model.safetensors").stat().st_size < 20e6  # the limit
+
+
+def test_lrm_small_without_shipped_weights(tmp_path, monkeypatch):
+    import triflow3d.encoders.loading as loading
+
+    monkeypatch.setattr(loading, "WEIGHTS_DIR", tmp_path)  # a checkout without the weights
     with pytest.raises(CheckpointError, match="allow_random"):
         load_reconstructor("lrm-small")
     a = load_reconstructor("lrm-small", allow_random=True)
