@@ -9,7 +9,7 @@ the DiT's attention grows quadratically.
     python benchmarks/train_scaling.py                      # CPU, ~1-3 min, prints a table
     python benchmarks/train_scaling.py --csv scaling.csv --png scaling.png --device cuda --res 16 32 64 128
 
-The PNG needs matplotlib (optional; skipped with a note when it is missing).
+The PNG is drawn with Pillow.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--csv", default=None, help="write the table here")
-    ap.add_argument("--png", default=None, help="plot here (needs matplotlib)")
+    ap.add_argument("--png", default=None, help="plot here (PNG)")
     ap.add_argument("--child", nargs=2, metavar=("ARCH", "RES"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -144,24 +144,25 @@ def print_table(rows: list[dict]) -> None:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    try:
-        import matplotlib
+    """Three log-log panels (step time, GFLOPs, peak memory vs triplane tokens) side by side, Pillow only."""
+    from PIL import Image
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib not installed: skipped {path}")
-        return
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, key in zip(axes, ["step_ms", "gflops", "peak_mb"]):
-        for arch in dict.fromkeys(r["arch"] for r in rows):
-            pts = [r for r in rows if r["arch"] == arch]
-            ax.loglog([r["tokens"] for r in pts], [r[key] for r in pts], "o-", label=arch)
-        ax.set_xlabel("triplane tokens")
-        ax.set_title(key)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
+    from triflow3d.evaluation.report import line_chart
+
+    panels = []
+    for key in ("step_ms", "gflops", "peak_mb"):
+        series = {
+            arch: [(r["tokens"], r[key]) for r in rows if r["arch"] == arch]
+            for arch in dict.fromkeys(r["arch"] for r in rows)
+        }
+        panels.append(line_chart(series, f"{path}.{key}.png", title=f"{key} vs triplane tokens"))
+    images = [Image.open(p) for p in panels]
+    out = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), "white")
+    for k, img in enumerate(images):
+        out.paste(img, (sum(i.width for i in images[:k]), 0))
+    out.save(path)
+    for p in panels:
+        p.unlink()
     print(f"wrote {path}")
 
 

@@ -383,3 +383,15 @@ def test_report_from_fake_metrics(tmp_path):
     info = versions()
     assert info["torch"] == torch.__version__.split("+")[0] or info["torch"].startswith("2.")
     assert "python" in info and "git_commit" in info
+
+
+def test_line_chart_draws_each_series(tmp_path):
+    from PIL import Image
+
+    from triflow3d.evaluation.report import line_chart
+
+    path = line_chart({"a": [(1, 1), (10, 10)], "b": [(1, 2), (10, 100)]}, tmp_path / "c.png", title="t")
+    img = Image.open(path).convert("RGB")
+    assert img.size == (420, 320)
+    colours = {img.getpixel((x, y)) for x in range(0, 420, 2) for y in range(0, 320, 2)}
+    assert (70, 110, 180) in colours and (190, 80, 70) in colours  # both lines are drawn

@@ -218,6 +218,47 @@ def bar_chart(
     return _save(img, path)
 
 
+def line_chart(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | os.PathLike,
+    title: str = "",
+    size: tuple[int, int] = (420, 320),
+    log: bool = True,
+) -> Path:
+    """Lines through (x, y) points, one per series, on log-log (or linear) axes; Pillow only."""
+    font = _font()
+    w, h = size
+    left, right, top, bottom = 58, 12, 26, 40
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    tr = (lambda v: math.log10(v)) if log else (lambda v: v)
+    pts = [(tr(x), tr(y)) for ps in series.values() for x, y in ps if not log or (x > 0 and y > 0)]
+    (x0, x1), (y0, y1) = [(min(v), max(v)) for v in zip(*pts)] if pts else ((0, 1), (0, 1))
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        return (left + (tr(x) - x0) / (x1 - x0) * (w - left - right),
+                h - bottom - (tr(y) - y0) / (y1 - y0) * (h - top - bottom))  # fmt: skip
+
+    draw.rectangle((left, top, w - right, h - bottom), outline="black")
+    if title:
+        draw.text((left, 4), title, fill="black", font=_font(14))
+    for v, anchor in ((y0, h - bottom), (y1, top)):
+        draw.text((4, anchor - 6), f"{(10**v if log else v):.3g}", fill="black", font=font)
+    for v, anchor in ((x0, left), (x1, w - right - 30)):
+        draw.text((anchor, h - bottom + 4), f"{(10**v if log else v):.3g}", fill="black", font=font)
+    colours = [(70, 110, 180), (190, 80, 70), (60, 150, 80), (150, 90, 170)]
+    for i, (name, ps) in enumerate(series.items()):
+        xy = [to_px(x, y) for x, y in ps if not log or (x > 0 and y > 0)]
+        c = colours[i % len(colours)]
+        if len(xy) > 1:
+            draw.line(xy, fill=c, width=2)
+        for px, py in xy:
+            draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=c)
+        draw.text((left + 8, top + 6 + 14 * i), name, fill=c, font=font)
+    return _save(img, path)
+
+
 def _save(img: Image.Image, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
