@@ -217,9 +217,20 @@ class LatentDataset(Dataset):
             "id": str(row["id"]),
             "views_dir": row.get("views_dir", ""),
         }
-        stem = shard.removesuffix(".safetensors")
         for name in SIDECARS:
-            f = self._open(f"{stem}.{name}.safetensors")
+            f = self._open(sidecar_name(shard, name))
             if f is not None:
                 item[name] = f.get_slice(name)[r : r + 1][0].float()
         return item
+
+
+# --- sidecars: per-shard extra tensors (same row order), e.g. the spatial loss weights ---------------
+def sidecar_name(shard: str, name: str) -> str:
+    """``<shard stem>.<name>.safetensors``: the file LatentDataset reads as item key ``name``."""
+    return f"{shard.removesuffix('.safetensors')}.{name}.safetensors"
+
+
+def write_sidecar(path: Path, name: str, tensor: torch.Tensor, meta: dict[str, str]) -> None:
+    """Atomically write one sidecar: ``tensor`` (N, ...) under key ``name``, with string metadata."""
+    with atomic_path(path) as tmp:
+        save_file({name: tensor.contiguous()}, str(tmp), metadata=meta)

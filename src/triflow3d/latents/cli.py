@@ -23,14 +23,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from triflow3d import conventions as cv
 from triflow3d.data import latents as lt
 from triflow3d.errors import CheckpointError, ConfigError
 from triflow3d.latents.stats import LatentStats, batch_stats, merge
 from triflow3d.latents.weights import spatial_weights
-from triflow3d.utils.io import atomic_path, write_json
+from triflow3d.utils.io import write_json
 from triflow3d.utils.progress import progress_bar
 
 STATS_FILE = "stats.safetensors"
@@ -152,17 +151,8 @@ class WeightsConfig:
 
 
 def sidecar_path(root: Path, shard: str, name: str = WEIGHTS_NAME) -> Path:
-    """``<shard stem>.<name>.safetensors``: the sidecar LatentDataset reads as ``name``.
-
-    TODO(lead): sidecar naming / writing belongs in triflow3d.data.latents next to the reader.
-    """
-    return Path(root) / f"{shard.removesuffix('.safetensors')}.{name}.safetensors"
-
-
-def write_sidecar(path: Path, name: str, tensor: torch.Tensor, meta: dict[str, str]) -> None:
-    """Atomically write one sidecar (N, ...) under key ``name`` (to move to data.latents, see above)."""
-    with atomic_path(path) as tmp:
-        save_file({name: tensor.contiguous()}, str(tmp), metadata=meta)
+    """Where shard ``shard``'s sidecar ``name`` lives (naming owned by :mod:`triflow3d.data.latents`)."""
+    return Path(root) / lt.sidecar_name(shard, name)
 
 
 def read_sidecar_meta(path: Path) -> dict[str, str] | None:
@@ -263,7 +253,7 @@ def compute_weights(
                 "ids": json.dumps(ids),
                 "coverage": json.dumps(cov),
             }
-            write_sidecar(sidecar_path(root, s), WEIGHTS_NAME, w, meta)
+            lt.write_sidecar(sidecar_path(root, s), WEIGHTS_NAME, w, meta)
             metas[s] = meta
             summary["computed"] += len(ids)
     summary["skipped"] = sum(len(json.loads(metas[s]["ids"])) for s in shards if s not in todo)
