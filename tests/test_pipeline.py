@@ -295,3 +295,21 @@ def test_cli_help():
     with pytest.raises(SystemExit) as e:
         main(["generate", "--help"])
     assert e.value.code == 0
+
+
+def test_from_pretrained_accepts_a_training_run_folder(model_dir, tmp_path, pipe):
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run / "checkpoints" / "step-0000007")
+    (run / "checkpoints" / "latest.json").write_text(json.dumps({"path": "step-0000007"}))
+    loaded = TextTo3DPipeline.from_pretrained(run)  # the run folder resolves to its latest checkpoint
+    a = loaded("a red chair", seed=1)[0].triplane
+    torch.testing.assert_close(a, pipe("a red chair", seed=1)[0].triplane)
+
+
+def test_the_shipped_default_model_loads():
+    from triflow3d.pipeline import DEFAULT_MODEL_DIR
+
+    if not (DEFAULT_MODEL_DIR / "model.safetensors").exists():
+        pytest.skip("the shipped triflow-small is not in this checkout")
+    pipe = TextTo3DPipeline.from_pretrained()  # lrm-small triplanes, MiniLM text
+    assert pipe.reconstructor.encoder_id == "lrm-small"

@@ -366,7 +366,8 @@ class TextTo3DPipeline:
                 " (the shipped default model is not installed; pass a model folder)" if path is None else ""
             )
             raise CheckpointError(f"{folder}: model folder not found{hint}")
-        folder = ck.resolve_checkpoint(folder)  # a training run folder means its latest checkpoint
+        if (folder / "checkpoints").is_dir():  # a training run folder means its latest checkpoint
+            folder = ck.resolve_checkpoint(folder)
         try:
             loaded = ck.load_model(folder, ema=(folder / ck.EMA_WEIGHTS).is_file(), device=device)
         except (KeyError, TypeError, RuntimeError) as e:  # bad config keys, mis-shaped weights
