@@ -45,8 +45,9 @@ _OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding"}
 
 
 @dataclass(frozen=True)
-class ReconstructorConfig:
-    """Hyper-parameters, named as upstream's constructor arguments and HF ``ViTConfig`` fields."""
+class ReconstructorConfig(ViTParams):
+    """Hyper-parameters, named as upstream's constructor arguments plus (inherited from
+    :class:`ViTParams`) the HF ``ViTConfig`` fields of the image encoder."""
 
     kind: str = "nerf"
     """``nerf`` (density field, volume rendering) or ``mesh`` (FlexiCubes-style SDF heads)."""
@@ -69,19 +70,9 @@ class ReconstructorConfig:
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
     """Mesh variant only: the grid spans [-grid_scale/2, grid_scale/2]^3."""
-    # --- the image encoder (HF ViTConfig names) ---
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    patch_size: int = 16
-    image_size: int = 224
-    num_channels: int = 3
-    layer_norm_eps: float = 1e-12
-    qkv_bias: bool = True
-    hidden_act: str = "gelu"
 
     def __post_init__(self):
+        super().__post_init__()  # the ViT fields
         if self.kind not in KINDS:
             raise ConfigError(f"reconstructor kind {self.kind!r} is not one of {KINDS}")
         if self.encoder_feat_dim != self.hidden_size:
@@ -98,7 +89,6 @@ class ReconstructorConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.rendering_samples_per_ray % 2:
             raise ConfigError(f"rendering_samples_per_ray {self.rendering_samples_per_ray} must be even")
-        self.vit_params  # noqa: B018  (validates the ViT fields)
 
     @property
     def vit_params(self) -> ViTParams:
