@@ -121,14 +121,23 @@ def bench_mesh(field, planes, resolution: int, dense: bool) -> None:
             )
 
 
-def bench_encoder() -> None:
-    """--- forward_planes timing: owned by the encoder module; runs only if it is importable. ---"""
-    try:
-        from triflow3d.encoders import reconstructor  # noqa: F401
-    except ImportError:
-        print("  (triflow3d.encoders not available: forward_planes timing skipped)")
-        return
-    print("  forward_planes timing: see the encoder benchmark (not measured here)")
+def bench_encoder(name: str, image_size: int) -> None:
+    """``forward_planes`` seconds per object (6 views) for a reconstructor with random weights."""
+    from triflow3d.cameras import zero123pp_rig
+    from triflow3d.encoders import load_reconstructor
+
+    t0 = time.perf_counter()
+    model = load_reconstructor(name, allow_random=True)
+    build = time.perf_counter() - t0
+    images = torch.rand(1, 6, 3, image_size, image_size)
+    cams = zero123pp_rig().input_cameras()[None]
+    with torch.inference_mode():
+        model.forward_planes(images, cams)  # warm-up
+        t0 = time.perf_counter()
+        planes = model.forward_planes(images, cams)
+        secs = time.perf_counter() - t0
+    print(f"  {name}: forward_planes {secs:.2f} s/object (6 x {image_size}^2 views) -> {tuple(planes.shape)};"
+          f" build {build:.1f} s")  # fmt: skip
 
 
 def main() -> None:
@@ -141,6 +150,10 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip the dense mesh reference")
     ap.add_argument("--parity", action="store_true", help="also run on the parity planes (C = 16)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
+    ap.add_argument(
+        "--encoder", default="instantmesh-nerf-base", help="reconstructor to time (random weights; '' skips)"
+    )
+    ap.add_argument("--image-size", type=int, default=320, help="input view size for --encoder")
     args = ap.parse_args()
     if args.quick:
         args.size, args.views, args.mesh_res = 16, 2, 64
@@ -153,8 +166,9 @@ def main() -> None:
         print(f"[{name}] threads={args.threads} preset={args.preset}")
         bench_render(field, planes, args.size, args.views, args.preset)
         bench_mesh(field, planes, args.mesh_res, dense=not args.no_dense)
-    print("[encoder]")
-    bench_encoder()
+    if args.encoder:
+        print("[encoder]")
+        bench_encoder(args.encoder, 64 if args.quick else args.image_size)
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
