@@ -30,6 +30,14 @@ from triflow3d.pipeline import TextTo3DPipeline
 pipe = TextTo3DPipeline.from_pretrained("runs/triflow-small")
 pipe.reconstructor_ref = "lrm-small"
 pipe.save_pretrained("src/triflow3d/weights/triflow-small")
+# store the network in fp16 (it is loaded into the fp32 model); normaliser and text centre stay fp32
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+path = "src/triflow3d/weights/triflow-small/model.safetensors"
+with safe_open(path, "pt") as f:
+    meta = f.metadata()
+sd = load_file(path)
+save_file({k: v.half() if k.startswith("model.") else v for k, v in sd.items()}, path, metadata=meta)
 PY
 
 # 5. measure it
