@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from triflow3d.cli import main
 from triflow3d.encode import encode_folder
@@ -24,14 +23,6 @@ TINY = dict(
 )  # fmt: skip
 EVAL = {"n_prompts": 2, "points": 64, "refs_per_category": 1, "views": 2, "image_size": 32,
         "resolution": 16, "recon_objects": 1, "steps": 2, "threshold": 0.5}  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

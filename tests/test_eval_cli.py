@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from test_pipeline import median_density, tiny_pipeline
 from triflow3d.cli import main
@@ -26,14 +25,6 @@ from triflow3d.shapes import CATEGORIES, sample_seed, sample_spec
 
 SMALL = ["--points", "64", "--refs-per-category", "1", "--views", "2", "--image-size", "32",
          "--resolution", "16", "--recon-objects", "1", "--no-progress"]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,6 @@ from triflow3d.errors import ConfigError
 ALL = ["glb", "obj", "ply", "mp4", "gif", "png", "triplane"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def gen():
     from test_pipeline import tiny_pipeline

@@ -56,15 +56,6 @@ def median_density(gen) -> float:
     return float(gen.reconstructor.query(gen.planes(), xyz)["sigma"].median())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def pipe() -> TextTo3DPipeline:
     return tiny_pipeline()

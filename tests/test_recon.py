@@ -23,15 +23,6 @@ TINY = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: on a shared 2-core machine OpenMP spinning makes 2 threads several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _needs_renderer():
     pytest.importorskip("triflow3d.encoders")
     pytest.importorskip("triflow3d.triplane.field")

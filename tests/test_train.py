@@ -74,15 +74,6 @@ def make_views(root: Path, ids: list[str], size: int = 32, n_views: int = 2) -> 
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine it costs 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory) -> Path:
     return make_latents(tmp_path_factory.mktemp("latents"))
