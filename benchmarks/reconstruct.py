@@ -9,12 +9,24 @@ colour, i.e. a field with empty space, a surface and an interior like a reconstr
 Optionally (``--parity``) the parity NeRF decoder + stored planes (C = 16, random high-frequency
 density everywhere). Prints rays/s (plain vs fast), 256^3 extraction seconds (dense vs
 coarse-to-fine), agreement of the two paths, and peak RSS.
+
+JSON modes for any device (the GPU suite, benchmarks/gpu.sh); either or both replace the report above:
+
+    python3 benchmarks/reconstruct.py --device cuda --encode --encoder instantmesh-nerf-large --batches 1 8
+    python3 benchmarks/reconstruct.py --device cuda --render --preset instant-nerf-large --features 80
+
+``--encode``: ``forward_planes`` of ``--encoder`` with random weights (built on the device), 6 views of
+``--image-size`` px with the Zero123++ input cameras, per ``--modes`` (fp32; bf16 = bf16 autocast with fp32
+weights) and ``--batches``: objects/s and peak CUDA memory (weights included), one JSON line each (a CUDA
+out-of-memory gives an ``"error": "cuda_oom"`` line). ``--render``: rays/s of the plain and fast paths on
+the sphere scene with ``--features`` channels and ``--chunk`` rays per pass, one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import resource
 import time
 from functools import partial
@@ -23,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from triflow3d.cameras import orbit_rig
+from triflow3d.cameras import orbit_rig, zero123pp_rig
 from triflow3d.triplane import TriplaneField
 from triflow3d.triplane.mesh import coarse_to_fine_grid, extract_mesh, mesh_from_volume
 from triflow3d.triplane.volume import PRESETS, render_cameras
@@ -72,24 +84,43 @@ def parity_scene():
     return field, load_file(PARITY / "expected_nerf_small.safetensors")["planes"]
 
 
+def _sync() -> None:
+    """Wait for queued CUDA work (a no-op on the CPU), so timings cover the work itself."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn):
+    _sync()
     t = time.perf_counter()
     out = fn()
+    _sync()
     return out, time.perf_counter() - t
+
+
+def time_render(
+    field, planes, size: int, views: int, opts, repeats: int = 2, paths: tuple[bool, ...] = (False, True)
+) -> tuple[dict, dict]:
+    """Best seconds and outputs of the plain (False) and fast (True) paths, interleaved (shared machine)."""
+    cams = orbit_rig(views).render_cameras()[None].to(planes.device)
+    results, best = {}, dict.fromkeys(paths, float("inf"))
+    with torch.inference_mode():  # warm-up (thread pool, allocator)
+        render_cameras(field, planes, cams[:, :1], 8, dataclasses.replace(opts, fast=paths[-1]), True)
+    for _ in range(repeats):
+        for fast in paths:
+            with torch.inference_mode():
+                run = partial(
+                    render_cameras, field, planes, cams, size, dataclasses.replace(opts, fast=fast), True
+                )
+                results[fast], secs = timed(run)
+            best[fast] = min(best[fast], secs)
+    return best, results
 
 
 def bench_render(field, planes, size: int, views: int, preset: str, repeats: int = 2) -> None:
     """Rays/s of the plain and fast paths (best of ``repeats``, interleaved: the machine is shared)."""
-    cams = orbit_rig(views).render_cameras()[None]
-    rays, results, best = views * size * size, {}, {False: float("inf"), True: float("inf")}
-    with torch.inference_mode():  # warm-up (thread pool, allocator)
-        render_cameras(field, planes, cams[:, :1], 8, PRESETS[preset], deterministic=True)
-    for _ in range(repeats):
-        for fast in (False, True):
-            opts = dataclasses.replace(PRESETS[preset], fast=fast)
-            with torch.inference_mode():
-                results[fast], secs = timed(partial(render_cameras, field, planes, cams, size, opts, True))
-            best[fast] = min(best[fast], secs)
+    rays = views * size * size
+    best, results = time_render(field, planes, size, views, PRESETS[preset], repeats)
     for fast in (False, True):
         print(
             f"  render {'fast ' if fast else 'plain'}: {rays / best[fast]:8.0f} rays/s  ({rays} rays, {best[fast]:.2f} s)"
@@ -123,7 +154,6 @@ def bench_mesh(field, planes, resolution: int, dense: bool) -> None:
 
 def bench_encoder(name: str, image_size: int) -> None:
     """``forward_planes`` seconds per object (6 views) for a reconstructor with random weights."""
-    from triflow3d.cameras import zero123pp_rig
     from triflow3d.encoders import load_reconstructor
 
     t0 = time.perf_counter()
@@ -140,6 +170,89 @@ def bench_encoder(name: str, image_size: int) -> None:
           f" build {build:.1f} s")  # fmt: skip
 
 
+def _peak_cuda_mib(device: torch.device) -> int | None:
+    return round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def encode_throughput(model, batch: int, mode: str, args: argparse.Namespace) -> dict:
+    """forward_planes objects/s at one batch size and mode (``--warmup`` untimed, ``--iters`` timed)."""
+    dev = next(model.parameters()).device
+    images = torch.rand(batch, 6, 3, args.image_size, args.image_size, device=dev)
+    cams = zero123pp_rig().input_cameras()[None].expand(batch, -1, -1).to(dev)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "bf16")
+    times = []
+    with torch.inference_mode(), amp:
+        for _ in range(args.warmup):
+            model.forward_planes(images, cams)
+        for _ in range(args.iters):
+            planes, secs = timed(partial(model.forward_planes, images, cams))
+            times.append(secs)
+    med = sorted(times)[len(times) // 2]
+    return {"s_per_batch_median": round(med, 4), "s_per_batch_min": round(min(times), 4),
+            "objects_per_s": round(batch / med, 2), "triplane": list(planes.shape[1:])}  # fmt: skip
+
+
+def encode_json(args: argparse.Namespace) -> None:
+    """One JSON line per (mode, batch): the encoder's throughput with random weights."""
+    from triflow3d.encoders import build_reconstructor, resolve_config
+    from triflow3d.encoders.loading import finalize
+
+    dev = torch.device(args.device)
+    t0 = time.perf_counter()
+    model = finalize(build_reconstructor(resolve_config(args.encoder), args.encoder, dev), torch.float32, dev)
+    _sync()
+    build = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters())
+    for mode in args.modes:
+        for batch in args.batches:
+            head = {"bench": "encode", "encoder": args.encoder, "device": str(dev), "mode": mode, "batch": batch,
+                    "views": 6, "image_size": args.image_size, "params_m": round(params / 1e6, 1),
+                    "build_s": round(build, 2)}  # fmt: skip
+            _reset_peak(dev)
+            try:
+                line = head | encode_throughput(model, batch, mode, args)
+            except torch.cuda.OutOfMemoryError as e:
+                line = head | {"error": "cuda_oom", "message": str(e).splitlines()[0][:200]}
+            print(json.dumps(line | {"peak_cuda_mib": _peak_cuda_mib(dev)}), flush=True)
+
+
+def render_json(args: argparse.Namespace) -> None:
+    """One JSON line: rays/s of the plain and fast renderer paths on the sphere scene."""
+    dev = torch.device(args.device)
+    field, planes = sphere_scene(args.features)
+    field, planes = field.to(dev), planes.to(dev)
+    opts = PRESETS[args.preset]
+    opts = dataclasses.replace(opts, chunk=args.chunk) if args.chunk else opts
+    _reset_peak(dev)
+    line = {"bench": "render", "device": str(dev), "preset": args.preset, "features": args.features,
+            "size": args.size, "views": args.views, "rays": args.views * args.size**2, "chunk": opts.chunk}  # fmt: skip
+    try:
+        best, results = time_render(field, planes, args.size, args.views, opts)
+    except RuntimeError as e:  # the fast path failed (e.g. a device mismatch): time the plain path alone
+        line["fast_error"] = str(e).splitlines()[0][:300]
+        best, results = time_render(field, planes, args.size, args.views, opts, paths=(False,))
+    line |= {
+        f"{'fast' if fast else 'plain'}_rays_per_s": round(line["rays"] / secs) for fast, secs in best.items()
+    }
+    if True in best:
+        diff = (results[True]["rgb"] - results[False]["rgb"]).abs().max().item()
+        line |= {
+            "speedup_fast": round(best[False] / best[True], 2),
+            "fast_vs_plain_max_abs_rgb": f"{diff:.1e}",
+        }
+    line |= {
+        "mean_alpha": round(results[False]["alpha"].mean().item(), 3),
+        "peak_cuda_mib": _peak_cuda_mib(dev),
+    }
+    print(json.dumps(line), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -154,7 +267,24 @@ def main() -> None:
         "--encoder", default="instantmesh-nerf-base", help="reconstructor to time (random weights; '' skips)"
     )
     ap.add_argument("--image-size", type=int, default=320, help="input view size for --encoder")
+    js = ap.add_argument_group("JSON modes (any device; see the docstring)")
+    js.add_argument("--device", default="cpu")
+    js.add_argument("--encode", action="store_true", help="JSON: --encoder throughput per mode and batch")
+    js.add_argument("--render", action="store_true", help="JSON: rays/s plain vs fast on --device")
+    js.add_argument("--modes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    js.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="objects per forward_planes")
+    js.add_argument("--warmup", type=int, default=3, help="untimed forwards per (mode, batch)")
+    js.add_argument("--iters", type=int, default=10, help="timed forwards per (mode, batch)")
+    js.add_argument("--features", type=int, default=40, help="--render: triplane channels C of the sphere")
+    js.add_argument("--chunk", type=int, default=0, help="--render: rays per pass (0: the preset's)")
     args = ap.parse_args()
+    if args.encode or args.render:
+        torch.set_num_threads(args.threads)
+        if args.encode:
+            encode_json(args)
+        if args.render:
+            render_json(args)
+        return
     if args.quick:
         args.size, args.views, args.mesh_res = 16, 2, 64
     torch.set_num_threads(args.threads)

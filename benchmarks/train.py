@@ -1,11 +1,22 @@
-"""TriFlow training step time and peak memory of the ``small`` preset (fp32 and bf16 autocast).
+"""TriFlow training step time and peak memory of a training preset (fp32 and bf16 autocast).
 
-    .venv/bin/python benchmarks/train.py [--threads 2] [--steps 8] [--warmup 2] [--batch 32] [--modes fp32 bf16]
+    .venv/bin/python benchmarks/train.py [--preset small] [--threads 2] [--steps 8] [--warmup 2] [--batch 32] [--modes fp32 bf16]
+    python3 benchmarks/train.py --preset paper --device cuda --batch 32 --warmup 3 --steps 10   # GPU (benchmarks/gpu.sh)
 
-Synthetic lrm-small-shaped latents (3 x 8 x 32 x 32) and a 384-d fake text encoder (MiniLM's width;
-captions are embedded once before training, so the encoder does not affect step time). Each mode runs in
-a fresh child process so its peak RSS (CPU) or peak allocated memory (CUDA) is its own. Prints one JSON
-line per mode. The numbers for docs/training.md came from this script.
+Synthetic latents of the triplane shape the preset's model implies (``TriFlowParams.plane_channels`` and
+``plane_res``): ``small`` 3 x 8 x 32 x 32 (lrm-small's), ``paper`` 3 x 80 x 64 x 64 (InstantMesh's
+triplane, as in the paper), ``tiny`` 3 x 8 x 16 x 16; ``--triplane C,R`` overrides. A fake text encoder
+of width ``--text-dim`` (default: the model preset's ``text_dim``, 384 = MiniLM for ``small``, 768 =
+CLIP-L for ``paper``); captions are embedded once before training, so the encoder does not affect step
+time. Flow loss only: the perceptual rendering loss is off (the ``paper`` preset's lpips-vgg needs weight
+files and rendered views). ``--batch`` is the global batch of one step on one device (the ``paper``
+preset's 256 is spread over GPUs). The timed step is ``Trainer.train_step``: per-sample t / eps drawn on
+the CPU, forward, backward, clip, AdamW and EMA; ``draw_s`` is the CPU draw alone.
+
+Each mode runs in a fresh child process so its peak RSS (CPU) or peak allocated memory (CUDA) is its own.
+Prints one JSON line per mode. A CUDA out-of-memory prints a line with ``"error": "cuda_oom"`` and the
+mode is retried at half the batch (down to ``--min-batch``); a failed child prints a line with
+``"error"`` and the other modes still run. The numbers for docs/training.md came from this script.
 """
 
 from __future__ import annotations
@@ -23,24 +34,31 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from triflow3d.conventions import CONVENTIONS_VERSION
+from triflow3d.conventions import CONVENTIONS_VERSION, NUM_PLANES
 from triflow3d.data import latents as lt
 from triflow3d.models.text_encoder import FakeTextEncoder
+from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
 from triflow3d.train import PRESETS, Trainer
+from triflow3d.train.trainer import draw
 
-SHAPE = (3, 8, 32, 32)
+
+def triplane_shape(preset: str, override: str | None) -> tuple[int, int, int, int]:
+    """(3, C, R, R) of the preset's model, or of ``override`` "C,R"."""
+    params = MODEL_PRESETS[PRESETS[preset].model]
+    c, r = (int(v) for v in override.split(",")) if override else (params.plane_channels, params.plane_res)
+    return (NUM_PLANES, c, r, r)
 
 
-def write_latents(root: Path, n: int) -> Path:
-    """n random triplanes with captions and weights, in the LatentDataset format."""
-    info = {"encoder": "lrm-small", "config_hash": "bench", "dtype": "float32",
-            "conventions_version": CONVENTIONS_VERSION, "triplane_shape": list(SHAPE)}  # fmt: skip
+def write_latents(root: Path, n: int, shape: tuple[int, ...]) -> Path:
+    """n random triplanes of ``shape`` with captions and weights, in the LatentDataset format."""
+    info = {"encoder": "bench", "config_hash": "bench", "dtype": "float32",
+            "conventions_version": CONVENTIONS_VERSION, "triplane_shape": list(shape)}  # fmt: skip
     lt.ensure_encoder_json(root, info)
     g = torch.Generator().manual_seed(0)
     ids, name = [f"obj{i:04d}" for i in range(n)], lt.shard_name(0, 0)
-    sha = lt.write_shard(root / name, torch.randn(n, *SHAPE, generator=g), ids, {"encoder": "lrm-small"})
+    sha = lt.write_shard(root / name, torch.randn(n, *shape, generator=g), ids, {"encoder": "bench"})
     save_file(
-        {"weights": torch.ones(n, 3, SHAPE[2], SHAPE[3])},
+        {"weights": torch.ones(n, 3, shape[2], shape[3])},
         str(root / name.replace(".safetensors", ".weights.safetensors")),
     )
     cats = ("chair", "table", "lamp", "car")
@@ -59,12 +77,26 @@ def rss_mib() -> float:
 
 
 def run_mode(args: argparse.Namespace) -> dict:
+    """The child: one mode at one batch -> its JSON line (an ``error`` line on CUDA out-of-memory)."""
     torch.set_num_threads(args.threads)
+    shape = triplane_shape(args.preset, args.triplane)
+    text_dim = args.text_dim or MODEL_PRESETS[PRESETS[args.preset].model].text_dim
+    head = {"bench": "train", "preset": args.preset, "mode": args.mode, "device": args.device, "batch": args.batch,
+            "triplane": list(shape), "text_dim": text_dim}  # fmt: skip
+    try:
+        return head | time_steps(args, shape, text_dim)
+    except torch.cuda.OutOfMemoryError as e:
+        return head | {"error": "cuda_oom", "message": str(e).splitlines()[0][:200],
+                       "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20)}  # fmt: skip
+
+
+def time_steps(args: argparse.Namespace, shape: tuple[int, ...], text_dim: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_latents(Path(tmp) / "latents", max(64, args.batch))
-        cfg = PRESETS["small"].replace(latents=str(data), out=str(Path(tmp) / "run"), batch_size=args.batch,
-                                       steps=args.warmup + args.steps, bf16=args.mode == "bf16", device=args.device)  # fmt: skip
-        trainer = Trainer(cfg, text_encoder=FakeTextEncoder(dim=384, max_length=32))
+        data = write_latents(Path(tmp) / "latents", max(64, args.batch), shape)
+        cfg = PRESETS[args.preset].replace(latents=str(data), out=str(Path(tmp) / "run"), batch_size=args.batch,
+                                           steps=args.warmup + args.steps, bf16=args.mode == "bf16",
+                                           device=args.device, perceptual="none", grad_accum=1)  # fmt: skip
+        trainer = Trainer(cfg, text_encoder=FakeTextEncoder(dim=text_dim, max_length=32))
         cuda = trainer.device.type == "cuda"
         before = rss_mib()
         times = []
@@ -79,37 +111,71 @@ def run_mode(args: argparse.Namespace) -> dict:
             trainer.step += 1
         timed = sorted(times[args.warmup :])
         params = sum(p.numel() for p in trainer.raw.parameters())
+        t0 = time.perf_counter()
+        draw(cfg, 0, list(range(args.batch)), shape)
+        draw_s = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    result = {"preset": "small", "mode": args.mode, "device": str(trainer.device), "threads": args.threads,
-              "batch": args.batch, "params_m": round(params / 1e6, 2), "steps_timed": len(timed),
+    result = {"device": str(trainer.device), "threads": args.threads,
+              "params_m": round(params / 1e6, 2), "steps_timed": len(timed),
               "step_s_median": round(timed[len(timed) // 2], 3), "step_s_min": round(timed[0], 3),
-              "samples_per_s": round(args.batch / timed[len(timed) // 2], 1),
+              "samples_per_s": round(args.batch / timed[len(timed) // 2], 1), "draw_s": round(draw_s, 3),
               "rss_before_steps_mib": round(before), "peak_rss_mib": round(peak),
               "load_avg_1min": round(os.getloadavg()[0], 1)}  # fmt: skip
     if cuda:
         result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        result["gpu"] = torch.cuda.get_device_name(trainer.device)
+        result["float32_matmul_precision"] = torch.get_float32_matmul_precision()  # "highest": no TF32
     return result
+
+
+def run_child(args: argparse.Namespace, mode: str, batch: int) -> dict:
+    """One mode in a fresh process -> its JSON line, or an ``error`` line when the child failed."""
+    keys = ("preset", "threads", "steps", "warmup", "device")
+    cmd = [sys.executable, __file__, "--mode", mode, f"--batch={batch}"]
+    cmd += [f"--{k}={getattr(args, k)}" for k in keys]
+    cmd += [
+        f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("triplane", "text_dim") if getattr(args, k)
+    ]
+    head = {"bench": "train", "preset": args.preset, "mode": mode, "device": args.device, "batch": batch}
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mode_timeout)
+    except subprocess.TimeoutExpired:
+        return head | {"error": "timeout", "timeout_s": args.mode_timeout}
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        return head | {"error": f"exit {out.returncode}", "stderr_tail": out.stderr.strip()[-800:]}
+    return json.loads(lines[-1])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="training preset (its model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=8, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--batch", type=int, default=32, help="global batch (the small preset's)")
+    p.add_argument("--batch", type=int, default=32, help="global batch of one step")
+    p.add_argument("--min-batch", type=int, default=4, help="halve the batch on CUDA OOM down to this")
+    p.add_argument("--triplane", help="C,R: triplane channels and resolution (default: the preset's model)")
+    p.add_argument("--text-dim", type=int, help="text width (default: the preset's model, 768 for paper)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--modes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--mode-timeout", type=float, help="seconds per child process (default: none)")
     p.add_argument("--mode", help=argparse.SUPPRESS)  # child process: run one mode
     args = p.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args)))
         return
+    failed = False
     for mode in args.modes:
-        cmd = [sys.executable, __file__, "--mode", mode] + [
-            f"--{k}={getattr(args, k)}" for k in ("threads", "steps", "warmup", "batch", "device")
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        print(out.stdout.strip().splitlines()[-1], flush=True)
+        batch = args.batch
+        while True:
+            result = run_child(args, mode, batch)
+            print(json.dumps(result), flush=True)
+            if result.get("error") != "cuda_oom" or batch // 2 < args.min_batch:
+                break
+            batch //= 2
+        failed |= "error" in result
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,18 @@ whose values stay farther than ``margin`` from the level at every coarse lattice
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-import trimesh
 from scipy import ndimage
 from skimage import measure
 
 from triflow3d import conventions as cv
 from triflow3d.errors import ConfigError
+
+if TYPE_CHECKING:  # trimesh is imported where a mesh is built, so the grid queries work without it
+    import trimesh
 
 DEFAULT_CHUNK = 2**18
 MESH_BOUND = {"nerf": cv.BOX_MAX, "mesh": 1.05}  # half-extent of the extraction grid per decoder kind
@@ -142,6 +146,8 @@ def coarse_to_fine_grid(
 
 def mesh_from_volume(field, planes, vol: np.ndarray, level: float, bound: float = 1.0) -> trimesh.Trimesh:
     """Marching cubes on ``vol`` (larger inside) at ``level``; world vertices, field colours (RGBA uint8)."""
+    import trimesh
+
     if not (np.isfinite(vol).all() and vol.min() < level < vol.max()):
         return trimesh.Trimesh()
     verts, faces, _, _ = measure.marching_cubes(vol.astype(np.float32), level)

@@ -170,11 +170,11 @@ def in_box(points: torch.Tensor, box: tuple[float, float]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def occupancy_grid(field: Field, planes, batch: int, opts: RenderOptions) -> torch.Tensor:
+def occupancy_grid(field: Field, planes, batch: int, opts: RenderOptions, device=None) -> torch.Tensor:
     """Empty-space grid (B, G, G, G) bool over the box: a cell is occupied if a corner of it, or of a
     cell within ``occupancy_dilation`` cells, has density >= ``occupancy_threshold``."""
     g, (lo, hi) = opts.occupancy_resolution, opts.box
-    lin = torch.linspace(lo, hi, g + 1)
+    lin = torch.linspace(lo, hi, g + 1, device=device)
     xyz = (
         torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(1, -1, 3).expand(batch, -1, -1)
     )
@@ -326,7 +326,7 @@ def render_rays(
         planes = field.prepare(planes)
     occupancy = None
     if opts.fast and opts.occupancy_resolution > 0:
-        occupancy = occupancy_grid(field, planes, origins.shape[0], opts)
+        occupancy = occupancy_grid(field, planes, origins.shape[0], opts, origins.device)
     parts, z_min, z_max = [], None, None
     for i in range(0, origins.shape[1], opts.chunk):
         sl = slice(i, i + opts.chunk)
