@@ -187,6 +187,24 @@ def pixel_rays(c2w: torch.Tensor, K: torch.Tensor, size: int) -> tuple[torch.Ten
     return origins.contiguous(), dirs
 
 
+def project_points(
+    c2w: torch.Tensor, K: torch.Tensor, xyz: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points into cameras: the inverse of :func:`pixel_rays` (skew ignored, as our rigs have none).
+
+    c2w (N, 4, 4) OpenGL, K (N, 3, 3) normalised, xyz (N, P, 3) -> uv (N, P, 2) in [0, 1] over the image
+    (u -> column, v -> row, 0 = top-left corner) and depth (N, P) along the view axis (> 0 in front).
+    """
+    flip = torch.tensor(cv.OPENGL_TO_OPENCV, device=c2w.device, dtype=c2w.dtype)
+    w2c_cv = torch.linalg.inv(c2w * flip[None, None, :])  # OpenCV camera: x right, y down, z forward
+    cam = torch.einsum("nij,npj->npi", w2c_cv[:, :3, :3], xyz) + w2c_cv[:, None, :3, 3]  # (N, P, 3)
+    z = cam[..., 2]
+    zs = torch.where(z.abs() < 1e-6, torch.full_like(z, 1e-6), z)
+    u = K[:, None, 0, 0] * cam[..., 0] / zs + K[:, None, 0, 2]
+    v = K[:, None, 1, 1] * cam[..., 1] / zs + K[:, None, 1, 2]
+    return torch.stack([u, v], dim=-1), z
+
+
 def opengl_projection(fov_deg: float, near: float = 0.1, far: float = 20.0) -> torch.Tensor:
     """Square-aspect OpenGL clip-space projection (4, 4) for rasterisers (same FoV as the intrinsics)."""
     f = 1.0 / math.tan(math.radians(fov_deg) / 2.0)

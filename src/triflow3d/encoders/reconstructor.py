@@ -37,11 +37,12 @@ _PARAM_FIELDS = (
     "triplane_dim",
     "rendering_samples_per_ray",
     "ray_embedding",  # triflow3d extension (not upstream): Plucker ray tokens, see CameraConditionedEncoder
+    "lift_depth",  # triflow3d extension (not upstream): projective lift of the queries, see encoders/lift.py
 )
 _MESH_FIELDS = ("grid_res", "grid_scale")
 _VIT_FIELDS = tuple(f.name for f in dataclasses.fields(ViTParams))
 _OPTIONAL = {"triplane_high_res", "rendering_samples_per_ray", "grid_res", "grid_scale", "layer_norm_eps"}
-_OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding"}
+_OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding", "lift_depth"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class ReconstructorConfig(ViTParams):
     """Not upstream (InstantMesh leaves it off): add per-patch Plucker ray embeddings of each input
     camera to the ViT patch tokens, which gives a model trained from scratch an explicit geometric code
     for every pixel (our ``lrm-small`` uses it; the official checkpoints do not have these weights)."""
+    lift_depth: int = 0
+    """Not upstream (0 = off, as InstantMesh): start each triplane query token from image features
+    sampled at ``lift_depth`` points along its column in every input view (:mod:`triflow3d.encoders.lift`)
+    instead of from the learned table alone."""
     grid_res: int = 128
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
@@ -87,6 +92,8 @@ class ReconstructorConfig(ViTParams):
         for name in ("transformer_layers", "triplane_low_res", "triplane_dim", "rendering_samples_per_ray"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lift_depth < 0:
+            raise ConfigError(f"lift_depth must be >= 0, got {self.lift_depth}")
         if self.rendering_samples_per_ray % 2:
             raise ConfigError(f"rendering_samples_per_ray {self.rendering_samples_per_ray} must be even")
 
@@ -215,6 +222,11 @@ class TriplaneReconstructor(nn.Module):
             c.triplane_low_res, c.triplane_dim,
         )  # fmt: skip
         self.synthesizer = TriplaneField(c.triplane_dim, kind=c.kind, hidden=DECODER_HIDDEN)
+        self.lift = None
+        if c.lift_depth:
+            from triflow3d.encoders.lift import ProjectiveLift
+
+            self.lift = ProjectiveLift(c.triplane_low_res, c.lift_depth, c.transformer_dim)
 
     @property
     def triplane_shape(self) -> tuple[int, int, int, int]:
@@ -244,13 +256,23 @@ class TriplaneReconstructor(nn.Module):
         tokens = self.encoder(pixels, cameras.flatten(0, 1))  # (B*V, L, D)
         return rearrange(tokens, "(b v) l d -> b (v l) d", b=images.shape[0])
 
-    def transformer_tokens(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, V*L, D) -> normed triplane query tokens (B, 3*r*r, D_t), before the deconvolution."""
-        return self.transformer.tokens(image_tokens)
+    def transformer_tokens(
+        self, image_tokens: torch.Tensor, init: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, V*L, D) [+ lifted starts (B, 3*r*r, D_t)] -> normed query tokens (B, 3*r*r, D_t)."""
+        return self.transformer.tokens(image_tokens, init)
+
+    def lifted_queries(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor | None:
+        """The projective lift's query starts (B, 3*r*r, D_t), or None when the config has no lift."""
+        if self.lift is None:
+            return None
+        return self.lift(images.to(self.compute_dtype), cameras)
 
     def forward_planes(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
         """(B, V, 3, H, W) in [0, 1] + (B, V, 16) -> triplanes (B, 3, C, R, R), float32."""
-        return self.transformer(self.encode_images(images, cameras)).float()
+        tokens = self.encode_images(images, cameras)
+        init = self.lifted_queries(images, cameras)
+        return self.transformer.to_planes(self.transformer_tokens(tokens, init)).float()
 
     def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
         return self.forward_planes(images, cameras)

@@ -52,9 +52,14 @@ class TriplaneTransformer(nn.Module):
         self.norm = LayerNorm32(dim, eps=1e-6)
         self.deconv = nn.ConvTranspose2d(dim, triplane_dim, kernel_size=2, stride=2, padding=0)
 
-    def tokens(self, cond: torch.Tensor) -> torch.Tensor:
-        """Image tokens (N, L, Dc) -> normed query tokens (N, 3*R*R, D), plane-major then row, column."""
+    def tokens(self, cond: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+        """Image tokens (N, L, Dc) -> normed query tokens (N, 3*R*R, D), plane-major then row, column.
+
+        ``init`` (N, 3*R*R, D), if given, is added to the learned query table (the projective lift).
+        """
         x = self.pos_embed.to(cond.dtype).expand(cond.shape[0], -1, -1)
+        if init is not None:
+            x = x + init.to(cond.dtype)
         for layer in self.layers:
             x = layer(x, cond)
         return self.norm(x)

@@ -46,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("betas",):
             continue
-        t.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            t.add_argument(flag, type=type(f.default), default=f.default)
 
     e = sub.add_parser("eval", help="novel-view PSNR / silhouette IoU, one JSON line")
     e.add_argument("--data", required=True, help="held-out zero123pp views folder")
@@ -56,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--limit", type=int, default=None, help="first N objects only")
     e.add_argument("--max-views", type=int, default=None, help="first M target views per object")
     e.add_argument("--json", action="store_true", help="print only the JSON line")
+    e.add_argument(
+        "--per-object", action="store_true", help="add 'objects': [{id, psnr, iou, views}] to the JSON"
+    )
 
     x = sub.add_parser("export", help="copy a run checkpoint to a weights folder with a model card")
     x.add_argument("--run", required=True)
@@ -197,7 +204,9 @@ def _eval(args) -> int:
     from triflow3d.recon.eval import evaluate
 
     model = _load_encoder(args)
-    result = evaluate(model, args.data, args.views_from, args.size, args.limit, args.max_views)
+    result = evaluate(
+        model, args.data, args.views_from, args.size, args.limit, args.max_views, args.per_object
+    )
     print(json.dumps(result))
     return 0
 

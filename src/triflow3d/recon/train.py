@@ -70,6 +70,12 @@ class TrainConfig:
     """3D supervision points drawn per object per step (from ``occ_samples`` precomputed)."""
     occ_samples: int = 8192
     """Labelled points precomputed per object (half near the surface, half uniform in the box)."""
+    init: str = ""
+    """Start from these weights (``NAME[:CKPT]``, e.g. ``lrm-small``) instead of from scratch; modules the
+    trained model lacks (a newly enabled lift) keep their fresh initialisation."""
+    freeze_decoder: bool = False
+    """Keep the field decoder fixed (with ``init``: triplanes stay decodable by the starting model's
+    decoder, so latents and generators made with it stay valid)."""
     seed: int = 0
     ckpt_every: int = 500
     log_every: int = 10
@@ -136,6 +142,21 @@ def loss_on_batch(
     return losses
 
 
+def warm_start(model: TriplaneReconstructor, spec: str) -> None:
+    """Copy the weights of reconstructor ``spec`` into ``model``; only modules it lacks may stay fresh."""
+    from triflow3d.encoders import load_reconstructor
+
+    source = load_reconstructor(spec).state_dict()
+    target = model.state_dict()
+    extra = sorted(set(source) - set(target))
+    shapes = sorted(k for k in set(source) & set(target) if source[k].shape != target[k].shape)
+    if extra or shapes:
+        raise ConfigError(
+            f"--init {spec}: does not fit the model (unexpected {extra[:3]}, shapes {shapes[:3]})"
+        )
+    model.load_state_dict(source, strict=False)
+
+
 def occupancy_term(
     model: TriplaneReconstructor, planes: torch.Tensor, data: ReconData, idx: torch.Tensor, n: int, g
 ) -> torch.Tensor:
@@ -165,8 +186,13 @@ class Trainer:
                  encoder_id: str = "lrm-small"):  # fmt: skip
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model = build_reconstructor(model_config, encoder_id=encoder_id, seed=cfg.seed).train()
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        if cfg.init:
+            warm_start(self.model, cfg.init)
+        if cfg.freeze_decoder:
+            self.model.synthesizer.requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
         groups = [
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},

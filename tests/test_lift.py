@@ -1,0 +1,142 @@
+"""Projective lift of the reconstructor's queries, camera projection, and warm-started training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from triflow3d import conventions as cv
+from triflow3d.cameras import pixel_rays, project_points, random_rig, zero123pp_rig
+from triflow3d.encoders import PRESETS, ReconstructorConfig, build_reconstructor, save_reconstructor
+from triflow3d.encoders.lift import ProjectiveLift, token_columns
+from triflow3d.errors import ConfigError
+from triflow3d.triplane.sampling import project_to_planes
+
+TINY = dict(num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=32, patch_size=8)
+
+
+def tiny(**kw) -> ReconstructorConfig:
+    return dataclasses.replace(PRESETS["lrm-small"], **(TINY | kw))
+
+
+def test_project_points_inverts_pixel_rays():
+    rig = random_rig(5, seed=3)
+    c2w, K = rig.c2w, rig.intrinsics
+    o, d = pixel_rays(c2w, K, 8)
+    uv, z = project_points(c2w, K, o + 1.7 * d)
+    ij = (torch.arange(8) + 0.5) / 8
+    rows, cols = torch.meshgrid(ij, ij, indexing="ij")
+    want = torch.stack([cols, rows], -1).reshape(1, -1, 2)  # u = column, v = row
+    assert torch.allclose(uv, want.expand_as(uv), atol=1e-5)
+    assert (z > 0).all()
+    _, z_behind = project_points(c2w, K, o - d)  # behind the camera
+    assert (z_behind < 0).all()
+
+
+def test_token_columns_sit_on_their_cells():
+    r, depth = 4, 3
+    pts = token_columns(r, depth)  # (3 r r D, 3)
+    assert pts.shape == (cv.NUM_PLANES * r * r * depth, 3)
+    uv = project_to_planes(pts[None])[0]  # (3, P, 2) grid coordinates in [-1, 1]
+    cells = (torch.arange(r) + 0.5) / r * 2 - 1
+    for p in range(cv.NUM_PLANES):
+        mine = uv[p].reshape(cv.NUM_PLANES, r, r, depth, 2)[p]  # the points of plane p's own tokens
+        assert torch.allclose(mine[..., 0], cells[None, :, None].expand(r, r, depth))  # u = column j
+        assert torch.allclose(mine[..., 1], cells[:, None, None].expand(r, r, depth))  # v = row i
+        # along each column, the missing axis spans the box
+        missing = 3 - sum(cv.PLANE_AXES[p])
+        col = pts.reshape(cv.NUM_PLANES, r, r, depth, 3)[p, 0, 0, :, missing]
+        assert col.min() > cv.BOX_MIN and col.max() < cv.BOX_MAX and len(col.unique()) == depth
+
+
+def test_lift_starts_as_a_no_op_and_then_sees_the_images():
+    torch.manual_seed(0)
+    plain = build_reconstructor(tiny(), seed=0).eval()
+    lifted = build_reconstructor(tiny(lift_depth=4), seed=0).eval()
+    missing = lifted.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("lift.") for k in missing)
+    rig = zero123pp_rig()
+    images = torch.rand(2, 6, 3, 32, 32)
+    cams = rig.input_cameras()[None].expand(2, -1, -1)
+    with torch.no_grad():
+        assert torch.equal(plain.forward_planes(images, cams), lifted.forward_planes(images, cams))
+        init = lifted.lifted_queries(images, cams)
+    assert init.shape == (2, cv.NUM_PLANES * 4 * 4, lifted.config.transformer_dim)
+    lift = lifted.lift
+    stats_grad = torch.autograd.grad(lift(images, cams).sum(), lift.proj.weight)[0]
+    assert stats_grad.abs().sum() > 0  # the zero-initialised projection learns from the first step
+    with torch.no_grad():
+        lift.proj.weight.normal_()
+        a, b = lift(images, cams), lift(images.flip(0), cams)
+    assert not torch.allclose(a, b)  # different images, different starts
+
+
+def test_lift_reads_foreground_consistently():
+    """A sphere seen from every view: columns through it get the object colour in all views (zero
+    variance), columns that miss it see white background in every view."""
+    lift = ProjectiveLift(low_res=8, depth=8, dim=4)
+    rig = zero123pp_rig()
+    s = 64
+    c2w, K = rig.c2w, rig.intrinsics
+    o, d = pixel_rays(c2w, K, s)  # (V, S*S, 3)
+    b = (o * d).sum(-1)
+    hit = (b**2 - ((o * o).sum(-1) - 0.5**2)) > 0  # rays hitting a sphere of radius 0.5
+    img = torch.ones(len(rig), 3, s * s)
+    img[:, 0][hit], img[:, 1][hit], img[:, 2][hit] = 0.8, 0.1, 0.1
+    images = img.reshape(1, len(rig), 3, s, s)
+    flat = images.flatten(0, 1)
+    pts = lift.points[None].expand(len(rig), -1, -1)
+    uv, _ = project_points(c2w, K, pts)
+    seen = torch.nn.functional.grid_sample(flat, (uv * 2 - 1)[:, None], align_corners=False)[:, :, 0]
+    inside = lift.points.norm(dim=-1) < 0.4
+    outside = lift.points.norm(dim=-1) > 1.2
+    red = seen[:, 1] < 0.5  # (V, P)
+    assert red[:, inside].all()  # every view sees the object at a point inside it
+    assert (~red[:, outside]).any(0).all()  # far points fall on background in some view
+
+
+def test_config_round_trip_and_validation():
+    cfg = tiny(lift_depth=6)
+    assert ReconstructorConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).lift_depth == 6
+    assert PRESETS["instantmesh-nerf-large"].lift_depth == 0
+    with pytest.raises(ConfigError):
+        tiny(lift_depth=-1)
+
+
+def test_warm_start_and_frozen_decoder(tmp_path):
+    from triflow3d.recon.train import warm_start
+
+    src = build_reconstructor(tiny(), seed=1)
+    save_reconstructor(src, tmp_path / "w")
+    model = build_reconstructor(tiny(lift_depth=4), seed=2)
+    warm_start(model, f"lrm-small:{tmp_path / 'w'}")
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    with pytest.raises(ConfigError):
+        warm_start(build_reconstructor(tiny(triplane_dim=4), seed=2), f"lrm-small:{tmp_path / 'w'}")
+
+
+def test_cli_fine_tunes_with_a_lift_and_a_frozen_decoder(tmp_path):
+    """``recon train --init W --freeze-decoder`` with a lift enabled: the decoder stays W's, the rest trains."""
+    from safetensors.torch import load_file
+
+    from triflow3d.cli import main
+    from triflow3d.recon.synthetic import write_views_folder
+    from triflow3d.recon.train import latest_checkpoint
+
+    write_views_folder(tmp_path / "in", [0, 1], "zero123pp", 32)
+    start = build_reconstructor(tiny(), seed=1)
+    save_reconstructor(start, tmp_path / "w")
+    argv = ["recon", "train", "--data", str(tmp_path / "in"), "--out", str(tmp_path / "run"),
+            "--model-config", json.dumps(TINY | {"lift_depth": 4}), "--steps", "3", "--batch", "2",
+            "--rays", "32", "--sup-size", "16", "--samples", "8", "--warmup", "1", "--ckpt-every", "3",
+            "--init", f"lrm-small:{tmp_path / 'w'}", "--freeze-decoder"]  # fmt: skip
+    assert main(argv) == 0
+    after = load_file(latest_checkpoint(tmp_path / "run") / "model" / "model.safetensors")
+    before = start.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("synthesizer."))
+    assert not all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("transformer."))
+    assert any(k.startswith("lift.") for k in after)
