@@ -162,12 +162,17 @@ def test_eval_json_and_export(folders, tmp_path, capsys):
     ).read_text()
     capsys.readouterr()
     argv = ["recon", "eval", "--data", str(inputs), "--views-from", str(sup), "--encoder", f"lrm-small:{dest}",
-            "--size", "8", "--max-views", "2", "--json"]  # fmt: skip
+            "--size", "8", "--max-views", "2", "--json", "--per-object"]  # fmt: skip
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"psnr", "iou", "n", "encoder", "size", "novel"} <= set(res)
     assert res["n"] == 3 and res["views"] == 6 and res["novel"] and res["encoder"] == "lrm-small"
     assert 0.0 <= res["iou"] <= 1.0 and 0.0 < res["psnr"] < 60.0
+    objs = res["objects"]  # --per-object: one row per object, averaging to the overall numbers
+    assert [o["id"] for o in objs] == ["sphere-00000", "sphere-00001", "sphere-00002"]
+    assert all(o["views"] == 2 for o in objs) and min(o["psnr"] for o in objs) == res["psnr_min_object"]
+    assert math.isclose(sum(o["psnr"] for o in objs) / 3, res["psnr"], abs_tol=1e-3)
+    assert math.isclose(sum(o["iou"] for o in objs) / 3, res["iou"], abs_tol=1e-4)
 
 
 def test_reconstruct_views_folder(folders, tmp_path):

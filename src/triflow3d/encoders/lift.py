@@ -59,7 +59,7 @@ class ProjectiveLift(nn.Module):
     def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
         b, v = images.shape[:2]
         flat = images.flatten(0, 1)  # (B*V, 3, H, W)
-        feats = torch.cat([self.cnn(flat * 2.0 - 1.0), flat], dim=1)  # (B*V, F, H, W)
+        feats = torch.cat([self.cnn((flat - cv.ENCODER_PIXEL_MEAN) / cv.ENCODER_PIXEL_STD), flat], dim=1)
         c2w, K = decode_input_cameras(cameras.flatten(0, 1).float())
         pts = self.points.expand(b * v, -1, -1)  # (B*V, P, 3)
         uv, z = project_points(c2w, K, pts)  # (B*V, P, 2), (B*V, P)

@@ -61,15 +61,19 @@ def evaluate(
     size: int = 128,
     limit: int | None = None,
     max_views: int | None = None,
+    per_object: bool = False,
 ) -> dict:
-    """Mean PSNR / IoU over the objects of ``data`` (and their views in ``views_from``) -> a JSON-able dict."""
+    """Mean PSNR / IoU over the objects of ``data`` (and their views in ``views_from``) -> a JSON-able dict.
+
+    With ``per_object`` the dict also lists ``objects``: ``{id, psnr, iou, views}`` per evaluated object.
+    """
     t0 = time.perf_counter()
     inputs = ViewsFolder(data)
     targets = ViewsFolder(views_from) if views_from else inputs
     ids = [i for i in inputs.ids if i in targets.ids][:limit]
     if not ids:
         raise ConfigError(f"no objects common to {data} and {views_from or data}")
-    psnrs, ious, fails = [], [], []
+    psnrs, ious, done, fails = [], [], [], []
     model.eval()
     with progress_bar() as bar:
         task = bar.add_task("eval", total=len(ids), status="")
@@ -81,10 +85,12 @@ def evaluate(
                 continue
             psnrs.append(p)
             ious.append(q)
+            done.append(i)
             bar.advance(task)
     if not psnrs:
         raise ConfigError(f"every object failed to evaluate, e.g. {fails[0]}")
     p, q = torch.cat(psnrs), torch.cat(ious)
+    objects = {"objects": object_rows(done, psnrs, ious)} if per_object else {}
     return {
         "psnr": round(float(p.mean()), 4),
         "psnr_min_object": round(min(float(x.mean()) for x in psnrs), 4),
@@ -98,7 +104,21 @@ def evaluate(
         "data": str(data),
         "views_from": str(views_from) if views_from else None,
         "seconds": round(time.perf_counter() - t0, 2),
+        **objects,
     }
+
+
+def object_rows(ids: list[str], psnrs: list[torch.Tensor], ious: list[torch.Tensor]) -> list[dict]:
+    """Per-object means of per-view PSNR (M,) / IoU (M,) -> ``[{id, psnr, iou, views}]`` in input order."""
+    return [
+        {
+            "id": i,
+            "psnr": round(float(p.mean()), 4),
+            "iou": round(float(q.mean()), 5),
+            "views": int(p.numel()),
+        }
+        for i, p, q in zip(ids, psnrs, ious, strict=True)
+    ]
 
 
 def quality_ok(result: dict, min_psnr: float = 26.0, min_iou: float = 0.92) -> bool:
