@@ -47,8 +47,7 @@ class ProjectiveLift(nn.Module):
 
     def __init__(self, low_res: int, depth: int, dim: int, channels: int = LIFT_CHANNELS):
         super().__init__()
-        self.depth = depth
-        self.register_buffer("points", token_columns(low_res, depth), persistent=False)
+        self.low_res, self.depth = low_res, depth
         self.cnn = nn.Sequential(
             nn.Conv2d(3, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1)
         )
@@ -61,7 +60,8 @@ class ProjectiveLift(nn.Module):
         flat = images.flatten(0, 1)  # (B*V, 3, H, W)
         feats = torch.cat([self.cnn((flat - cv.ENCODER_PIXEL_MEAN) / cv.ENCODER_PIXEL_STD), flat], dim=1)
         c2w, K = decode_input_cameras(cameras.flatten(0, 1).float())
-        pts = self.points.expand(b * v, -1, -1)  # (B*V, P, 3)
+        pts = token_columns(self.low_res, self.depth).to(images.device)  # (P, 3), rebuilt: no buffer to load
+        pts = pts.expand(b * v, -1, -1)  # (B*V, P, 3)
         uv, z = project_points(c2w, K, pts)  # (B*V, P, 2), (B*V, P)
         grid = (uv * 2.0 - 1.0).to(feats.dtype)[:, None]  # (B*V, 1, P, 2)
         seen = F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
