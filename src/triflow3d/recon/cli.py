@@ -182,10 +182,12 @@ def export_run(run_dir: Path, dest: Path, eval_data=None, eval_views=None, data_
 def model_card(run_dir: Path, cfg: dict, step: int, wall: float, machine: str, result: dict | None) -> str:
     command = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").exists() else "?"
     quality = json.dumps(result) if result else "not measured (run `triflow3d recon eval`)"
+    init = cfg.get("train", {}).get("init")
+    start = f"Fine-tuned from ``{init}``" if init else "Trained from scratch"
     return f"""# lrm-small: triflow3d's own small triplane reconstructor
 
 Same class and interface as InstantMesh's NeRF reconstructor (``triflow3d.encoders``), scaled down so it
-trains on a CPU. Trained from scratch by ``triflow3d recon train`` on procedural shapes
+trains on a CPU. {start} by ``triflow3d recon train`` on procedural shapes
 (``triflow3d shapes make``) rendered with ``triflow3d render``; no third-party weights or data.
 
 - Training command: `{command}`
