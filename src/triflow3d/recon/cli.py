@@ -142,8 +142,9 @@ def _train(args) -> int:
         f"objects {len(data)} (failed {len(data.failures)}), views/object {data.sup.shape[1]}",
         file=sys.stderr,
     )
-    trainer = Trainer(cfg, mcfg, data, run_dir, encoder_id=args.preset)
-    if args.resume and (ck := latest_checkpoint(run_dir)) is not None:
+    ck = latest_checkpoint(run_dir) if args.resume else None
+    trainer = Trainer(cfg, mcfg, data, run_dir, encoder_id=args.preset, resuming=ck is not None)
+    if ck is not None:
         trainer.load(ck)
         print(f"resumed from {ck} at step {trainer.step}", file=sys.stderr)
     last = trainer.run()

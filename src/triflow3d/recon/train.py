@@ -183,10 +183,10 @@ class Trainer:
     """Holds model, optimiser, RNGs and data cursor; ``run()`` is the loop, ``save()``/``load()`` resume."""
 
     def __init__(self, cfg: TrainConfig, model_config: ReconstructorConfig, data: ReconData, run_dir: Path,
-                 encoder_id: str = "lrm-small"):  # fmt: skip
+                 encoder_id: str = "lrm-small", resuming: bool = False):  # fmt: skip
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model = build_reconstructor(model_config, encoder_id=encoder_id, seed=cfg.seed).train()
-        if cfg.init:
+        if cfg.init and not resuming:  # a resumed run's weights come from its checkpoint (load())
             warm_start(self.model, cfg.init)
         if cfg.freeze_decoder:
             self.model.synthesizer.requires_grad_(False)
