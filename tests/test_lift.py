@@ -17,11 +17,12 @@ from triflow3d.encoders import (
     load_reconstructor,
     save_reconstructor,
 )
-from triflow3d.encoders.lift import token_columns
+from triflow3d.encoders.lift import token_columns, view_samples
 from triflow3d.errors import ConfigError
 from triflow3d.triplane.sampling import project_to_planes
 
 TINY = dict(num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=32, patch_size=8)
+TINY |= dict(plane_lift_depth=0)  # the lifts are switched on per test
 
 
 def tiny(**kw) -> ReconstructorConfig:
@@ -92,10 +93,8 @@ def test_lift_columns_see_the_object_in_every_view():
     img = torch.ones(len(rig), 3, s * s)
     img[:, 0][hit], img[:, 1][hit], img[:, 2][hit] = 0.8, 0.1, 0.1
     images = img.reshape(1, len(rig), 3, s, s)
-    flat = images.flatten(0, 1)
-    pts = token_columns(8, 8)[None].expand(len(rig), -1, -1)
-    uv, _ = project_points(c2w, K, pts)
-    seen = torch.nn.functional.grid_sample(flat, (uv * 2 - 1)[:, None], align_corners=False)[:, :, 0]
+    pts = token_columns(8, 8)[None]
+    seen = view_samples(torch.nn.Identity(), images, rig.input_cameras()[None], pts[0])[0, :, 3:]  # raw RGB
     inside = pts[0].norm(dim=-1) < 0.4
     outside = pts[0].norm(dim=-1) > 1.2
     red = seen[:, 1] < 0.5  # (V, P)
@@ -103,12 +102,35 @@ def test_lift_columns_see_the_object_in_every_view():
     assert (~red[:, outside]).any(0).all()  # far points fall on background in some view
 
 
+def test_plane_lift_starts_as_a_no_op_and_learns():
+    plain = build_reconstructor(tiny(), seed=0).eval()
+    lifted = build_reconstructor(tiny(plane_lift_depth=4), seed=0).eval()
+    missing = lifted.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("plane_lift.") for k in missing)
+    images = torch.rand(2, 6, 3, 32, 32)
+    cams = zero123pp_rig().input_cameras()[None].expand(2, -1, -1)
+    with torch.no_grad():
+        assert torch.equal(plain.forward_planes(images, cams), lifted.forward_planes(images, cams))
+    lift = lifted.plane_lift
+    out = lift(images, cams)
+    assert out.shape == (2, *lifted.triplane_shape)
+    grad = torch.autograd.grad(out.sum(), lift.context[-1].weight)[0]
+    assert grad.abs().sum() > 0  # the zero-initialised last layer learns from the first step
+    with torch.no_grad():
+        lift.context[-1].weight.normal_()
+        a, b = lift(images, cams), lift(images.flip(0), cams)
+    assert torch.isfinite(a).all() and not torch.allclose(a, b)
+
+
 def test_config_round_trip_and_validation():
-    cfg = tiny(lift_depth=6)
-    assert ReconstructorConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).lift_depth == 6
+    cfg = tiny(lift_depth=6, plane_lift_depth=5)
+    back = ReconstructorConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert (back.lift_depth, back.plane_lift_depth) == (6, 5)
     assert PRESETS["instantmesh-nerf-large"].lift_depth == 0
-    with pytest.raises(ConfigError):
-        tiny(lift_depth=-1)
+    assert PRESETS["instantmesh-nerf-large"].plane_lift_depth == 0
+    for name in ("lift_depth", "plane_lift_depth"):
+        with pytest.raises(ConfigError):
+            tiny(**{name: -1})
 
 
 def test_warm_start_and_frozen_decoder(tmp_path):

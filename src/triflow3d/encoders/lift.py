@@ -56,17 +56,70 @@ class ProjectiveLift(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
-        b, v = images.shape[:2]
-        flat = images.flatten(0, 1)  # (B*V, 3, H, W)
-        feats = torch.cat([self.cnn((flat - cv.ENCODER_PIXEL_MEAN) / cv.ENCODER_PIXEL_STD), flat], dim=1)
-        c2w, K = decode_input_cameras(cameras.flatten(0, 1).float())
-        pts = token_columns(self.low_res, self.depth).to(images.device)  # (P, 3), rebuilt: no buffer to load
-        pts = pts.expand(b * v, -1, -1)  # (B*V, P, 3)
-        uv, z = project_points(c2w, K, pts)  # (B*V, P, 2), (B*V, P)
-        grid = (uv * 2.0 - 1.0).to(feats.dtype)[:, None]  # (B*V, 1, P, 2)
-        seen = F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        seen = seen[:, :, 0] * (z > 0)[:, None].to(feats.dtype)  # (B*V, F, P); behind the camera -> 0
-        seen = seen.unflatten(0, (b, v))  # (B, V, F, P)
+        seen = view_samples(
+            self.cnn, images, cameras, token_columns(self.low_res, self.depth)
+        )  # (B, V, F, P)
         stats = torch.cat([seen.mean(1), seen.var(1, unbiased=False)], dim=1)  # (B, 2F, P)
         stats = stats.unflatten(-1, (-1, self.depth)).permute(0, 2, 1, 3)  # (B, T, 2F, D)
         return self.proj(stats.flatten(2))  # (B, T, dim)
+
+
+def view_samples(
+    cnn: nn.Module, images: torch.Tensor, cameras: torch.Tensor, pts: torch.Tensor
+) -> torch.Tensor:
+    """Images (B, V, 3, H, W) on white + cameras (B, V, 16), world points (P, 3) -> what every view sees
+    there: ``cnn`` features of the normalised pixels plus the raw RGB, (B, V, F + 3, P), bilinear; 0 behind
+    the camera. The points are rebuilt by the callers each call (no buffer for the meta-device loader)."""
+    b, v = images.shape[:2]
+    flat = images.flatten(0, 1)  # (B*V, 3, H, W)
+    feats = torch.cat([cnn((flat - cv.ENCODER_PIXEL_MEAN) / cv.ENCODER_PIXEL_STD), flat], dim=1)
+    c2w, K = decode_input_cameras(cameras.flatten(0, 1).float())
+    pts = pts.to(images.device).expand(b * v, -1, -1)  # (B*V, P, 3)
+    uv, z = project_points(c2w, K, pts)  # (B*V, P, 2), (B*V, P)
+    grid = (uv * 2.0 - 1.0).to(feats.dtype)[:, None]  # (B*V, 1, P, 2)
+    seen = F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    seen = seen[:, :, 0] * (z > 0)[:, None].to(feats.dtype)  # (B*V, F, P); behind the camera -> 0
+    return seen.unflatten(0, (b, v))
+
+
+class PlaneLift(nn.Module):
+    """The full-resolution plane lift: images (B, V, 3, H, W) + cameras (B, V, 16) -> planes (B, 3, C, R, R).
+
+    Cell (i, j) of plane p reads ``depth`` points on the line through its centre along the axis p does
+    not read. For each point, the min, max, mean and standard deviation over the views of what they see
+    there (:func:`view_samples`) are taken: the min of a foreground feature is a visual hull (a point is
+    inside only if every view sees the object), the spread is a photo-consistency code. The flattened
+    column goes through a per-cell MLP (1x1 convolutions) with a learned per-plane position table, then
+    3x3 convolutions for neighbourhood context. The last layer is zero-initialised, so the lift is added
+    to the transformer's planes as a no-op at the start (and a trained model can be extended with it).
+    """
+
+    def __init__(self, res: int, depth: int, triplane_dim: int, channels: int = 8, hidden: int = 64):
+        super().__init__()
+        self.res, self.depth = res, depth
+        self.cnn = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, channels, 3, padding=1)
+        )
+        self.cell = nn.Sequential(
+            nn.Conv2d(4 * (channels + 3) * depth, hidden, 1), nn.GELU(), nn.Conv2d(hidden, hidden, 1)
+        )
+        self.pos = nn.Parameter(torch.zeros(cv.NUM_PLANES, hidden, res, res))
+        self.context = nn.Sequential(
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, triplane_dim, 3, padding=1),
+        )
+        nn.init.zeros_(self.context[-1].weight)
+        nn.init.zeros_(self.context[-1].bias)
+
+    def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+        b, r, d = images.shape[0], self.res, self.depth
+        seen = view_samples(self.cnn, images, cameras, token_columns(r, d))  # (B, V, F, 3*R*R*D)
+        stats = torch.cat(
+            [seen.amin(1), seen.amax(1), seen.mean(1), (seen.var(1, unbiased=False) + 1e-6).sqrt()], dim=1
+        )
+        stats = stats.unflatten(-1, (cv.NUM_PLANES, r, r, d))  # (B, 4F, 3, R, R, D)
+        stats = stats.permute(0, 2, 1, 5, 3, 4).flatten(2, 3).flatten(0, 1)  # (B*3, 4F*D, R, R)
+        h = self.cell(stats).unflatten(0, (b, cv.NUM_PLANES)) + self.pos.to(stats.dtype)  # (B, 3, hid, R, R)
+        return self.context(h.flatten(0, 1)).unflatten(0, (b, cv.NUM_PLANES))  # (B, 3, C, R, R)

@@ -48,7 +48,7 @@ PRESETS: dict[str, ReconstructorConfig] = {
     "instantmesh-nerf-large": ReconstructorConfig(**_DINO_VITB16, **_LARGE),
     "instantmesh-mesh-base": ReconstructorConfig(**_DINO_VITB16, **_BASE, **_MESH),
     "instantmesh-mesh-large": ReconstructorConfig(**_DINO_VITB16, **_LARGE, **_MESH),
-    # Our own CPU-trainable reconstructor: 128 px views (8x8 patches), planes 3 x 8 x 32 x 32.
+    # Our own CPU-trainable reconstructor: 128 px views (16x16 patches), planes 3 x 8 x 32 x 32, plane lift.
     "lrm-small": ReconstructorConfig(
         encoder_feat_dim=128,
         hidden_size=128,
@@ -65,6 +65,7 @@ PRESETS: dict[str, ReconstructorConfig] = {
         triplane_dim=8,
         rendering_samples_per_ray=64,
         ray_embedding=True,
+        plane_lift_depth=16,
     ),  # fmt: skip
 }
 

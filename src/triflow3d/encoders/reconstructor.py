@@ -38,11 +38,12 @@ _PARAM_FIELDS = (
     "rendering_samples_per_ray",
     "ray_embedding",  # triflow3d extension (not upstream): Plucker ray tokens, see CameraConditionedEncoder
     "lift_depth",  # triflow3d extension (not upstream): projective lift of the queries, see encoders/lift.py
+    "plane_lift_depth",  # triflow3d extension (not upstream): full-resolution plane lift, see encoders/lift.py
 )
 _MESH_FIELDS = ("grid_res", "grid_scale")
 _VIT_FIELDS = tuple(f.name for f in dataclasses.fields(ViTParams))
 _OPTIONAL = {"triplane_high_res", "rendering_samples_per_ray", "grid_res", "grid_scale", "layer_norm_eps"}
-_OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding", "lift_depth"}
+_OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding", "lift_depth", "plane_lift_depth"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class ReconstructorConfig(ViTParams):
     """Not upstream (0 = off, as InstantMesh): start each triplane query token from image features
     sampled at ``lift_depth`` points along its column in every input view (:mod:`triflow3d.encoders.lift`)
     instead of from the learned table alone."""
+    plane_lift_depth: int = 0
+    """Not upstream (0 = off, as InstantMesh): add planes computed directly from ``plane_lift_depth`` view
+    samples along each plane cell's column (:class:`triflow3d.encoders.lift.PlaneLift`, a visual-hull and
+    photo-consistency code) to the transformer's planes."""
     grid_res: int = 128
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
@@ -92,8 +97,9 @@ class ReconstructorConfig(ViTParams):
         for name in ("transformer_layers", "triplane_low_res", "triplane_dim", "rendering_samples_per_ray"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lift_depth < 0:
-            raise ConfigError(f"lift_depth must be >= 0, got {self.lift_depth}")
+        for name in ("lift_depth", "plane_lift_depth"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rendering_samples_per_ray % 2:
             raise ConfigError(f"rendering_samples_per_ray {self.rendering_samples_per_ray} must be even")
 
@@ -227,6 +233,11 @@ class TriplaneReconstructor(nn.Module):
             from triflow3d.encoders.lift import ProjectiveLift
 
             self.lift = ProjectiveLift(c.triplane_low_res, c.lift_depth, c.transformer_dim)
+        self.plane_lift = None
+        if c.plane_lift_depth:
+            from triflow3d.encoders.lift import PlaneLift
+
+            self.plane_lift = PlaneLift(2 * c.triplane_low_res, c.plane_lift_depth, c.triplane_dim)
 
     @property
     def triplane_shape(self) -> tuple[int, int, int, int]:
@@ -272,7 +283,10 @@ class TriplaneReconstructor(nn.Module):
         """(B, V, 3, H, W) in [0, 1] + (B, V, 16) -> triplanes (B, 3, C, R, R), float32."""
         tokens = self.encode_images(images, cameras)
         init = self.lifted_queries(images, cameras)
-        return self.transformer.to_planes(self.transformer_tokens(tokens, init)).float()
+        planes = self.transformer.to_planes(self.transformer_tokens(tokens, init))
+        if self.plane_lift is not None:
+            planes = planes + self.plane_lift(images.to(self.compute_dtype), cameras)
+        return planes.float()
 
     def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
         return self.forward_planes(images, cameras)
