@@ -93,10 +93,10 @@ def test_lift_columns_see_the_object_in_every_view():
     img = torch.ones(len(rig), 3, s * s)
     img[:, 0][hit], img[:, 1][hit], img[:, 2][hit] = 0.8, 0.1, 0.1
     images = img.reshape(1, len(rig), 3, s, s)
-    pts = token_columns(8, 8)[None]
-    seen = view_samples(torch.nn.Identity(), images, rig.input_cameras()[None], pts[0])[0, :, 3:]  # raw RGB
-    inside = pts[0].norm(dim=-1) < 0.4
-    outside = pts[0].norm(dim=-1) > 1.2
+    pts = token_columns(8, 8)
+    seen = view_samples(torch.nn.Identity(), images, rig.input_cameras()[None], pts)[0, :, 3:]  # raw RGB
+    inside = pts.norm(dim=-1) < 0.4
+    outside = pts.norm(dim=-1) > 1.2
     red = seen[:, 1] < 0.5  # (V, P)
     assert red[:, inside].all()  # every view sees the object at a point inside it
     assert (~red[:, outside]).any(0).all()  # far points fall on background in some view
