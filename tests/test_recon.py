@@ -129,6 +129,40 @@ def test_resume_is_exact(folders, tmp_path):
     assert (tmp_path / "b" / "tb").is_dir() and (tmp_path / "b" / "train_config.json").exists()
 
 
+def test_parallel_loading_gives_the_same_data(folders):
+    inputs, sup = folders
+    one = load_recon_data([inputs], [sup], 16, 16)
+    three = load_recon_data([inputs], [sup], 16, 16, workers=3)
+    assert one.ids == three.ids == ["sphere-00000", "sphere-00001", "sphere-00002"]
+    for name in ("inputs", "input_cameras", "sup", "sup_c2w", "sup_K"):
+        assert torch.equal(getattr(one, name), getattr(three, name)), name
+
+
+def test_train_device_flag(folders, tmp_path, capsys):
+    """``--device``: a CUDA name on a machine without CUDA is a clear error before anything is written."""
+    _needs_renderer()
+    from triflow3d.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    inputs, sup = folders
+    argv = ["recon", "train", "--data", str(inputs), "--out", str(tmp_path / "gpu"), "--device", "cuda"]
+    assert main(argv) == 1
+    assert "CUDA is not available" in capsys.readouterr().err and not (tmp_path / "gpu").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_follows_the_cpu_run(folders, tmp_path):
+    """Same rays and jitter (CPU generators) on both devices: the weights after 3 steps agree closely,
+    and a CUDA run resumed on the CPU continues."""
+    _needs_renderer()
+    cpu = _train_cli(folders, tmp_path / "cpu", 3)
+    gpu = _train_cli(folders, tmp_path / "gpu", 3, extra=["--device", "cuda"])
+    assert max((cpu[k] - gpu[k]).abs().max().item() for k in cpu) < 1e-3
+    _train_cli(folders, tmp_path / "gpu", 4, resume=True)
+    assert (tmp_path / "gpu" / "checkpoints" / "step_0000004").is_dir()
+
+
 def test_resume_refuses_changed_settings(folders, tmp_path):
     _needs_renderer()
     from triflow3d.cli import main
@@ -237,6 +271,16 @@ def test_occupancy_labels_of_a_sphere_and_unknown_labels_are_ignored(tmp_path):
     r = np.linalg.norm(pts - [0.2, 0.0, 0.0], axis=1)
     clear = np.abs(r - 0.5) > 0.02  # away from the faceted surface
     assert (inside[clear] == (r[clear] < 0.5)).all() and 0.1 < inside.mean() < 0.9
+
+    from triflow3d.recon.points import load_occupancy
+
+    (tmp_path / "views" / "broken").mkdir()  # no cameras.json: labels unknown (-1), kept in order
+    with pytest.warns(UserWarning, match="1 of 3 objects"):
+        serial = load_occupancy([obj, tmp_path / "views" / "broken", obj], 500, seed=3)
+    with pytest.warns(UserWarning, match="1 of 3 objects"):
+        threaded = load_occupancy([obj, tmp_path / "views" / "broken", obj], 500, seed=3, workers=3)
+    assert torch.equal(serial[0], threaded[0]) and torch.equal(serial[1], threaded[1])
+    assert (serial[1][1] == -1).all() and (serial[1][0] >= 0).all()
 
     raw = torch.zeros(1, 4, 1)
     known = torch.tensor([[1.0, 0.0, 1.0, 0.0]])

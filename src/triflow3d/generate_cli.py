@@ -20,6 +20,7 @@ import torch
 from triflow3d.errors import ConfigError
 from triflow3d.export import FORMATS, ExportOptions, export_generated, parse_formats, write_info
 from triflow3d.pipeline import RENDERERS, TextTo3DPipeline
+from triflow3d.utils.device import resolve_device
 from triflow3d.utils.io import append_jsonl, atomic_path
 from triflow3d.utils.progress import progress_bar
 
@@ -102,14 +103,6 @@ def export_options(args: argparse.Namespace) -> ExportOptions:
         preview=args.preview, video_size=args.video_size, frames=args.frames, fps=args.fps,
         views_size=args.video_size,
     )  # fmt: skip
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return name
 
 
 def _warn_lines(caught: list[warnings.WarningMessage]) -> None:

@@ -535,8 +535,8 @@ def config_from_args(args: argparse.Namespace, threshold: float | None = None) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from triflow3d.generate_cli import resolve_device
     from triflow3d.pipeline import TextTo3DPipeline
+    from triflow3d.utils.device import resolve_device
 
     config_from_args(args)  # fail on bad options before loading anything
     if args.random:

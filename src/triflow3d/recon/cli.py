@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from triflow3d.errors import ConfigError
+from triflow3d.utils.device import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--eval-views", help="held-out novel views (same ids as --eval-data)")
     t.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (1 is best on a busy machine)"
+    )
+    t.add_argument(
+        "--device", default="cpu", help="cpu | cuda | cuda:N | auto (data and RNGs stay on the CPU)"
+    )
+    t.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads that load views / 3D labels"
     )
     from triflow3d.recon.train import TrainConfig
 
@@ -93,7 +101,8 @@ def _encoder_args(p: argparse.ArgumentParser) -> None:
 def _load_encoder(args):
     from triflow3d.encoders import load_reconstructor
 
-    return load_reconstructor(args.encoder, device=args.device, allow_random=args.allow_random)
+    device = resolve_device(args.device)
+    return load_reconstructor(args.encoder, device=device, allow_random=args.allow_random)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,24 +135,26 @@ def _train(args) -> int:
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "betas"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names})
     mcfg = _model_config(args.preset, args.model_config)
+    device = resolve_device(args.device)
     run_dir = Path(args.out)
     if run_dir.exists() and any(run_dir.iterdir()) and not args.resume:
         raise ConfigError(f"{run_dir}: run folder is not empty; pass --resume or choose a new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_config(run_dir, cfg, mcfg, args.preset)
     data = load_recon_data(
-        args.data, args.supervision, mcfg.image_size, cfg.sup_size, args.views_per_object, args.limit
-    )
+        args.data, args.supervision, mcfg.image_size, cfg.sup_size, args.views_per_object, args.limit,
+        args.workers,
+    )  # fmt: skip
     if cfg.occ_weight > 0:
         from triflow3d.recon.points import load_occupancy
 
-        data.points, data.occ = load_occupancy(data.dirs, cfg.occ_samples, cfg.seed)
+        data.points, data.occ = load_occupancy(data.dirs, cfg.occ_samples, cfg.seed, args.workers)
     print(
         f"objects {len(data)} (failed {len(data.failures)}), views/object {data.sup.shape[1]}",
         file=sys.stderr,
     )
     ck = latest_checkpoint(run_dir) if args.resume else None
-    trainer = Trainer(cfg, mcfg, data, run_dir, encoder_id=args.preset, resuming=ck is not None)
+    trainer = Trainer(cfg, mcfg, data, run_dir, args.preset, resuming=ck is not None, device=device)
     if ck is not None:
         trainer.load(ck)
         print(f"resumed from {ck} at step {trainer.step}", file=sys.stderr)
@@ -232,11 +243,13 @@ def _reconstruct(args) -> int:
         raise ConfigError(f"{src}: views are not the zero123pp rig (render with --rig zero123pp)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    dev = next(model.parameters()).device
     with torch.inference_mode():
-        planes = model.forward_planes(composite_white(views.images)[None], views.input_cameras[None])
+        images, cams_in = composite_white(views.images)[None].to(dev), views.input_cameras[None].to(dev)
+        planes = model.forward_planes(images, cams_in)
         mesh = model.extract_mesh(planes, args.resolution)
-        cams = orbit_rig(args.renders).render_cameras()[None]
-        rgb = model.render(planes, cams, args.size, deterministic=True)["rgb"][0]  # (M, 3, S, S)
+        cams = orbit_rig(args.renders).render_cameras()[None].to(dev)
+        rgb = model.render(planes, cams, args.size, deterministic=True)["rgb"][0].cpu()  # (M, 3, S, S)
     save_mesh(mesh, out / "mesh.glb")  # GLB files are Y-up: the writer converts from our z-up world
     for k, img in enumerate(rgb):
         arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

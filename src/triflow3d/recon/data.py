@@ -15,6 +15,7 @@ import torch
 from triflow3d.cameras import pixel_rays
 from triflow3d.data.views import ViewsFolder, composite_white, is_zero123pp
 from triflow3d.errors import ConfigError, TriflowError
+from triflow3d.utils.parallel import ordered_map
 from triflow3d.utils.progress import progress_bar
 
 
@@ -49,23 +50,29 @@ def load_recon_data(
     sup_size: int,
     views_per_object: int | None = None,
     limit: int | None = None,
+    workers: int = 1,
 ) -> ReconData:
     """Objects present in an input (zero123pp) folder; supervision = the input views plus every view of
-    the same id in the ``supervision`` folders (the first ``views_per_object`` views in total, if set)."""
+    the same id in the ``supervision`` folders (the first ``views_per_object`` views in total, if set).
+    ``workers`` threads read the images (the result does not depend on it)."""
     in_folders = [ViewsFolder(p) for p in inputs]
     sup_folders = [ViewsFolder(p) for p in supervision]
     pairs = [(f, i) for f in in_folders for i in f.ids][:limit]
     if not pairs:
         raise ConfigError(f"no objects found in {[str(p) for p in inputs]}")
+
+    def load(pair: tuple[ViewsFolder, str]) -> tuple | str:
+        try:
+            return _load_one(*pair, sup_folders, image_size, sup_size, views_per_object)
+        except TriflowError as e:
+            return f"{pair[1]}: {e}"
+
     rows: list[tuple] = []
     fails: list[str] = []
     with progress_bar() as bar:
         task = bar.add_task("load views", total=len(pairs), status="")
-        for folder, i in pairs:
-            try:
-                rows.append(_load_one(folder, i, sup_folders, image_size, sup_size, views_per_object))
-            except TriflowError as e:
-                fails.append(f"{i}: {e}")
+        for row in ordered_map(load, pairs, workers):
+            (fails if isinstance(row, str) else rows).append(row)
             bar.advance(task)
     if not rows:
         raise ConfigError(f"no loadable objects: {fails[:3]}")
@@ -107,6 +114,9 @@ class RayBatch:
     dirs: torch.Tensor  # (B, N, 3) unit
     rgb: torch.Tensor  # (B, N, 3) target colour on white
     alpha: torch.Tensor  # (B, N, 1) target coverage
+
+    def to(self, device: torch.device | str) -> RayBatch:
+        return RayBatch(*(t.to(device) for t in (self.origins, self.dirs, self.rgb, self.alpha)))
 
 
 def camera_frame_dirs(K: torch.Tensor, size: int) -> torch.Tensor:

@@ -43,12 +43,13 @@ def evaluate_object(
     """-> per-view PSNR (M,), IoU (M,) for one object."""
     inp = inputs.load(id, int(model.config.image_size))
     tgt = targets.load(id, size)
-    images = composite_white(inp.images)[None]  # (1, V, 3, H, W)
-    planes = model.forward_planes(images, inp.input_cameras[None])
-    cams = tgt.render_cameras[:max_views][None]  # (1, M, 25)
+    dev = next(model.parameters()).device
+    images = composite_white(inp.images)[None].to(dev)  # (1, V, 3, H, W)
+    planes = model.forward_planes(images, inp.input_cameras[None].to(dev))
+    cams = tgt.render_cameras[:max_views][None].to(dev)  # (1, M, 25)
     out = model.render(planes, cams, size, deterministic=True)
     target = tgt.images[:max_views]  # (M, 4, S, S)
-    rgb, alpha = out["rgb"][0].float(), out["alpha"][0].float()
+    rgb, alpha = out["rgb"][0].float().cpu(), out["alpha"][0].float().cpu()
     return psnr(rgb, composite_white(target)), silhouette_iou(
         alpha.reshape(target[:, 3:].shape), target[:, 3:]
     )

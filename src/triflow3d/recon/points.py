@@ -23,6 +23,7 @@ import trimesh
 
 from triflow3d import conventions as cv
 from triflow3d.errors import AssetError, TriflowError
+from triflow3d.utils.parallel import ordered_map
 from triflow3d.utils.progress import progress_bar
 
 NEAR_SURFACE_STD = 0.03  # world units; the box is [-1, 1]^3
@@ -77,20 +78,29 @@ def object_occupancy(obj_dir: Path, n: int, seed: int) -> tuple[np.ndarray, np.n
     return pts.astype(np.float32), inside
 
 
-def load_occupancy(obj_dirs: list[Path], n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points (N, n, 3) and labels (N, n) float (-1: unknown) for every object; seeded by object id."""
+def load_occupancy(
+    obj_dirs: list[Path], n: int, seed: int = 0, workers: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points (N, n, 3) and labels (N, n) float (-1: unknown) for every object; seeded by object id.
+    ``workers`` threads label the objects (the result does not depend on it)."""
+
+    def label(d: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            return object_occupancy(d, n, seed * 1_000_003 + zlib.crc32(d.name.encode()))
+        except (TriflowError, ValueError, KeyError, OSError):
+            return None
+
     pts, occ, skipped = [], [], 0
     with progress_bar() as bar:
         task = bar.add_task("3D labels", total=len(obj_dirs), status="")
-        for d in obj_dirs:
-            try:
-                p, o = object_occupancy(d, n, seed * 1_000_003 + zlib.crc32(d.name.encode()))
-                pts.append(torch.from_numpy(p))
-                occ.append(torch.from_numpy(o).float())
-            except (TriflowError, ValueError, KeyError, OSError):
+        for row in ordered_map(label, obj_dirs, workers):
+            if row is None:
                 pts.append(torch.zeros(n, 3))
                 occ.append(torch.full((n,), -1.0))  # unknown: left out of the loss
                 skipped += 1
+            else:
+                pts.append(torch.from_numpy(row[0]))
+                occ.append(torch.from_numpy(row[1]).float())
             bar.update(task, advance=1, status=f"{skipped} without labels")
     if skipped:
         warnings.warn(f"3D supervision: {skipped} of {len(obj_dirs)} objects have no watertight parts; "

@@ -125,10 +125,13 @@ def loss_on_batch(
     """Render random supervision rays of objects ``idx`` from their predicted triplanes -> losses."""
     from triflow3d.triplane.volume import render_rays
 
-    images = data.inputs[idx].float() / 255.0  # (B, V, 3, H, W)
+    # Data and random draws stay on the CPU (``g`` is a CPU generator: the same run on any device);
+    # only the step's batch moves to the model's device.
+    dev = next(model.parameters()).device
+    images = data.inputs[idx].to(dev).float() / 255.0  # (B, V, 3, H, W)
     cams = data.input_cameras[idx]
-    cams = cams + cfg.camera_noise * (2 * torch.rand(cams.shape, generator=g) - 1)
-    rays = sample_rays(data, idx, cfg.rays, cfg.fg_fraction, g)
+    cams = (cams + cfg.camera_noise * (2 * torch.rand(cams.shape, generator=g) - 1)).to(dev)
+    rays = sample_rays(data, idx, cfg.rays, cfg.fg_fraction, g).to(dev)
     planes = model.forward_planes(images, cams)  # (B, 3, C, R, R)
     out = render_rays(
         model.synthesizer, planes, rays.origins, rays.dirs, model.render_options, False, generator=g
@@ -166,6 +169,7 @@ def occupancy_term(
     pick = torch.randint(0, data.points.shape[1], (len(idx), n), generator=g)  # (B, n)
     pts = data.points[idx].gather(1, pick[..., None].expand(-1, -1, 3))
     occ = data.occ[idx].gather(1, pick)
+    pts, occ = pts.to(planes.device), occ.to(planes.device)
     return occupancy_loss(model.synthesizer.query(planes, pts)["sigma_raw"], occ)
 
 
@@ -180,14 +184,19 @@ def train_render_options(model: TriplaneReconstructor, cfg: TrainConfig):
 
 
 class Trainer:
-    """Holds model, optimiser, RNGs and data cursor; ``run()`` is the loop, ``save()``/``load()`` resume."""
+    """Holds model, optimiser, RNGs and data cursor; ``run()`` is the loop, ``save()``/``load()`` resume.
+
+    ``device`` holds the model and each step's batch; the data and every RNG stay on the CPU, so a run
+    draws the same rays on any device and may resume on another one.
+    """
 
     def __init__(self, cfg: TrainConfig, model_config: ReconstructorConfig, data: ReconData, run_dir: Path,
-                 encoder_id: str = "lrm-small", resuming: bool = False):  # fmt: skip
+                 encoder_id: str = "lrm-small", resuming: bool = False, device: str = "cpu"):  # fmt: skip
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model = build_reconstructor(model_config, encoder_id=encoder_id, seed=cfg.seed).train()
         if cfg.init and not resuming:  # a resumed run's weights come from its checkpoint (load())
             warm_start(self.model, cfg.init)
+        self.model.to(device)
         if cfg.freeze_decoder:
             self.model.synthesizer.requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -251,7 +260,7 @@ class Trainer:
             st = torch.load(ckdir / "state.pt", map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as e:
             raise CheckpointError(f"{ckdir}: cannot read training checkpoint ({e})") from e
-        self.model.load_state_dict(sd, strict=True)
+        self.model.load_state_dict(sd, strict=True)  # copies into the parameters, on their device
         self.opt.load_state_dict(st["optimizer"])
         self.step, self.wall = int(st["step"]), float(st["wall"])
         self.gen.set_state(st["gen"])
