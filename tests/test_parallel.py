@@ -29,3 +29,11 @@ def test_an_error_is_raised_where_its_result_is_reached():
     assert next(it) == 0 and next(it) == 1
     with pytest.raises(ValueError, match="two"):
         next(it)
+
+
+def test_spawned_processes_keep_the_order():
+    import math
+
+    assert list(ordered_map(math.factorial, range(20), workers=2, processes=True)) == [
+        math.factorial(i) for i in range(20)
+    ]
