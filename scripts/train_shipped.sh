@@ -9,14 +9,16 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 bash scripts/prepare_shapes.sh data 3000 200 300 128
 
 # 1. lrm-small: our reconstructor (images -> 3 x 8 x 32 x 32 triplanes), rays + 3D occupancy supervision.
+# Both stages were run with `--samples 32`, which had no effect then (fixed bug: docs/encoders.md); without
+# it today's code renders what they did (the model's own 32 + 32 samples, fast path).
 # 1a. v1 (no plane lift) from scratch: 3000 steps, ~0.5 h
 "$bin/triflow3d" recon train --data data/views/train --supervision data/views_random/train --out runs/lrm-small-v1 \
-  --steps 3000 --batch 2 --rays 1024 --samples 32 --lr 1e-3 --warmup 200 --ckpt-every 250 --occ-weight 1.0 --threads 2 \
+  --steps 3000 --batch 2 --rays 1024 --lr 1e-3 --warmup 200 --ckpt-every 250 --occ-weight 1.0 --threads 2 \
   --model-config '{"plane_lift_depth": 0}'
 # 1b. the shipped model: v1 + the full-resolution plane lift, every weight trained (decoder included),
 # exact input cameras (the lift projects through them): 2200 steps at batch 4, ~1.2 h
 "$bin/triflow3d" recon train --data data/views/train --supervision data/views_random/train --out runs/lrm-small-v2 \
-  --steps 2200 --batch 4 --rays 2048 --samples 32 --lr 1e-3 --warmup 100 --ckpt-every 100 --occ-weight 1.0 \
+  --steps 2200 --batch 4 --rays 2048 --lr 1e-3 --warmup 100 --ckpt-every 100 --occ-weight 1.0 \
   --occ-points 4096 --camera-noise 0 --threads 2 --init lrm-small:runs/lrm-small-v1/checkpoints/step_0003000/model \
   --model-config '{"plane_lift_depth": 16}'
 "$bin/triflow3d" recon export --run runs/lrm-small-v2 --export src/triflow3d/weights/lrm-small
