@@ -83,6 +83,16 @@ def test_camera_frame_dirs_centre_looks_forward():
     assert d[0, 0] < 0 < d[1, 0] and d[0, 1] > 0 > d[2, 1]  # row 0 is up, column 0 is left
 
 
+def test_error_split_by_coverage():
+    from triflow3d.recon.eval import error_split
+
+    target = torch.ones(1, 3, 2, 2)  # white everywhere
+    mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])  # top row covered in the target
+    alpha = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])  # left column covered in the render
+    rgb = torch.full((1, 3, 2, 2), 0.5)  # error 0.25 per channel, 0.75 per pixel
+    assert error_split(rgb, target, alpha, mask).tolist() == [0.75, 1.5, 0.75]  # both / one / neither
+
+
 def test_metrics():
     a = torch.zeros(1, 3, 4, 4)
     assert psnr(a, a + 0.1).item() == pytest.approx(20.0, abs=1e-4)
@@ -226,6 +236,8 @@ def test_eval_json_and_export(folders, tmp_path, capsys):
     assert {"psnr", "iou", "n", "encoder", "size", "novel"} <= set(res)
     assert res["n"] == 3 and res["views"] == 6 and res["novel"] and res["encoder"] == "lrm-small"
     assert 0.0 <= res["iou"] <= 1.0 and 0.0 < res["psnr"] < 60.0
+    assert set(res["error_share"]) == {"colour", "silhouette", "background"}
+    assert math.isclose(sum(res["error_share"].values()), 1.0, abs_tol=1e-3)
     objs = res["objects"]  # --per-object: one row per object, averaging to the overall numbers
     assert [o["id"] for o in objs] == ["sphere-00000", "sphere-00001", "sphere-00002"]
     assert all(o["views"] == 2 for o in objs) and min(o["psnr"] for o in objs) == res["psnr_min_object"]

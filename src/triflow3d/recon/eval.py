@@ -4,7 +4,9 @@ For each object of a zero123pp views folder the six input views give a triplane;
 deterministically from the cameras of ``views_from`` (a folder rendered with another rig for the same
 ids) or, without it, from the input cameras themselves (then ``novel`` is false). PSNR is per view on
 white-composited colour, IoU per view between rendered alpha > 0.5 and the target mask alpha > 0.5;
-both are averaged over all views.
+both are averaged over all views. ``error_share`` splits the summed squared colour error of all views
+into pixels covered in both the render and the target (``colour``), in exactly one of them
+(``silhouette``) and in neither (``background``): where the PSNR is lost.
 """
 
 from __future__ import annotations
@@ -36,11 +38,21 @@ def silhouette_iou(alpha: torch.Tensor, mask: torch.Tensor, threshold: float = 0
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
+def error_split(
+    rgb: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Summed squared error of (M, 3, S, S) images on white -> (3,): pixels covered (alpha / mask > 0.5)
+    in both, in exactly one, in neither."""
+    se = (rgb.clamp(0, 1) - target).square().sum(1)  # (M, S, S)
+    a, m = alpha[:, 0] > 0.5, mask[:, 0] > 0.5
+    return torch.stack([se[a & m].sum(), se[a ^ m].sum(), se[~a & ~m].sum()]).double()
+
+
 @torch.inference_mode()
 def evaluate_object(
     model, inputs: ViewsFolder, id: str, targets: ViewsFolder, size: int, max_views: int | None
 ):
-    """-> per-view PSNR (M,), IoU (M,) for one object."""
+    """-> per-view PSNR (M,), IoU (M,) and the error split (3,) of :func:`error_split` for one object."""
     inp = inputs.load(id, int(model.config.image_size))
     tgt = targets.load(id, size)
     dev = next(model.parameters()).device
@@ -50,9 +62,8 @@ def evaluate_object(
     out = model.render(planes, cams, size, deterministic=True)
     target = tgt.images[:max_views]  # (M, 4, S, S)
     rgb, alpha = out["rgb"][0].float().cpu(), out["alpha"][0].float().cpu()
-    return psnr(rgb, composite_white(target)), silhouette_iou(
-        alpha.reshape(target[:, 3:].shape), target[:, 3:]
-    )
+    alpha, mask, white = alpha.reshape(target[:, 3:].shape), target[:, 3:], composite_white(target)
+    return psnr(rgb, white), silhouette_iou(alpha, mask), error_split(rgb, white, alpha, mask)
 
 
 def evaluate(
@@ -75,15 +86,17 @@ def evaluate(
     if not ids:
         raise ConfigError(f"no objects common to {data} and {views_from or data}")
     psnrs, ious, done, fails = [], [], [], []
+    split = torch.zeros(3, dtype=torch.float64)
     model.eval()
     with progress_bar() as bar:
         task = bar.add_task("eval", total=len(ids), status="")
         for i in ids:
             try:
-                p, q = evaluate_object(model, inputs, i, targets, size, max_views)
+                p, q, e = evaluate_object(model, inputs, i, targets, size, max_views)
             except TriflowError as e:
                 fails.append({"id": i, "error": str(e)})
                 continue
+            split += e
             psnrs.append(p)
             ious.append(q)
             done.append(i)
@@ -99,6 +112,12 @@ def evaluate(
         "n": len(psnrs),
         "views": int(p.numel()),
         "failed": len(fails),
+        "error_share": {
+            k: round(v, 4)
+            for k, v in zip(
+                ("colour", "silhouette", "background"), (split / split.sum().clamp_min(1e-12)).tolist()
+            )
+        },
         "encoder": str(getattr(model, "encoder_id", "custom")),
         "size": size,
         "novel": views_from is not None,
