@@ -1,4 +1,4 @@
-"""The ordered thread map used by the loaders."""
+"""The ordered parallel map (threads or spawned processes) used by the loaders."""
 
 from __future__ import annotations
 

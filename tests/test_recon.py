@@ -197,6 +197,18 @@ def test_samples_and_render_path_reach_the_renderer(folders, monkeypatch):
     assert (dense.samples_coarse, dense.samples_importance, dense.fast) == (6, 6, False)
 
 
+def test_a_run_saved_before_a_new_setting_existed_resumes(folders, tmp_path):
+    """A train_config.json without a field added later resumes with that field's default."""
+    _needs_renderer()
+    _train_cli(folders, tmp_path / "old", 1)
+    path = tmp_path / "old" / "train_config.json"
+    saved = json.loads(path.read_text())
+    del saved["train"]["fast_render"]
+    path.write_text(json.dumps(saved))
+    _train_cli(folders, tmp_path / "old", 2, resume=True)
+    assert (tmp_path / "old" / "checkpoints" / "step_0000002").is_dir()
+
+
 def test_resume_refuses_changed_settings(folders, tmp_path):
     _needs_renderer()
     from triflow3d.cli import main

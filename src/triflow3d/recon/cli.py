@@ -47,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="cpu", help="cpu | cuda | cuda:N | auto (data and RNGs stay on the CPU)"
     )
     t.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads that load views / 3D labels"
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="threads that read the views and processes that label 3D points",
     )
     from triflow3d.recon.train import TrainConfig
 

@@ -92,11 +92,11 @@ def evaluate(
         task = bar.add_task("eval", total=len(ids), status="")
         for i in ids:
             try:
-                p, q, e = evaluate_object(model, inputs, i, targets, size, max_views)
+                p, q, err = evaluate_object(model, inputs, i, targets, size, max_views)
             except TriflowError as e:
                 fails.append({"id": i, "error": str(e)})
                 continue
-            split += e
+            split += err
             psnrs.append(p)
             ious.append(q)
             done.append(i)
