@@ -1,7 +1,7 @@
 """Training step of our reconstructor (``recon train``) on any device: s/step, objects/s, peak memory.
 
     .venv/bin/python benchmarks/recon_train.py                          # CPU, batch 4 (the shipped recipe)
-    python3 benchmarks/recon_train.py --device cuda --batches 4 16 32   # the GPU suite
+    python3 benchmarks/recon_train.py --device cuda --batches 4 16 32   # on a GPU
 
 The model is the ``--preset`` (default ``lrm-small``: the shipped architecture, random weights) and the
 step is ``recon.train.Trainer.train_step`` with the shipped recipe's sampling (``--rays`` 2048 rays per
