@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from triflow3d.cameras import pixel_rays, project_points
 from triflow3d.data.views import ViewsFolder, composite_white
-from triflow3d.recon.eval import psnr, silhouette_iou
+from triflow3d.recon.eval import object_rows, psnr, silhouette_iou
 
 NEAR, FAR, SAMPLES = 2.0, 6.5, 192  # every rig's radius is 4-4.5 and objects fit the unit ball
 
@@ -84,7 +84,7 @@ def main() -> None:
     t0 = time.perf_counter()
     inputs, targets = ViewsFolder(args.data), ViewsFolder(args.views_from)
     ids = [i for i in inputs.ids if i in targets.ids][: args.limit]
-    psnrs, ious, rows = [], [], []
+    psnrs, ious = [], []
     for i in ids:
         inp, tgt = inputs.load(i, args.size), targets.load(i, args.size)
         occ, colour = hull(inp.images, inp.c2w, inp.K, args.grid)
@@ -94,13 +94,12 @@ def main() -> None:
         q = silhouette_iou(alpha, tgt.images[:m, 3:])
         psnrs.append(p)
         ious.append(q)
-        rows.append({"id": i, "psnr": round(float(p.mean()), 4), "iou": round(float(q.mean()), 5)})
     p, q = torch.cat(psnrs), torch.cat(ious)
     out = {"oracle": "visual-hull", "psnr": round(float(p.mean()), 4), "iou": round(float(q.mean()), 5),
            "n": len(ids), "views": int(p.numel()), "grid": args.grid, "size": args.size,
            "data": args.data, "views_from": args.views_from, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     if args.per_object:
-        out["objects"] = rows
+        out["objects"] = object_rows(ids, psnrs, ious)
     print(json.dumps(out))
 
 

@@ -327,10 +327,13 @@ def check_run_config(
     new = {"preset": preset, "train": dataclasses.asdict(cfg), "model": model_config.to_dict()}
     if path.exists():
         old = json.loads(path.read_text())
+
+        def comparable(train: dict) -> dict:  # as saved in JSON, without the settings a resume may change
+            return json.loads(json.dumps(train)) | {"steps": None, "ckpt_every": None, "log_every": None}
+
         # a field added since the run started takes its default (what the run did before it existed)
-        a = {**json.loads(json.dumps(dataclasses.asdict(TrainConfig()))), **old["train"]}
-        a |= {"steps": None, "ckpt_every": None, "log_every": None}
-        b = {**json.loads(json.dumps(new["train"])), "steps": None, "ckpt_every": None, "log_every": None}
+        a = comparable(dataclasses.asdict(TrainConfig()) | old["train"])
+        b = comparable(new["train"])
         if a != b or old["model"] != json.loads(json.dumps(new["model"])):
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) or ["model"]
             raise ConfigError(f"{path}: resume with different settings ({', '.join(diff)}); use a new --out")
