@@ -67,10 +67,10 @@ def test_round_trip_and_layout(views, tmp_path):
     item = ds[3]
     assert set(item) >= {"triplane", "caption", "attributes", "id", "views_dir"}
     assert item["triplane"].dtype == torch.float32 and item["triplane"].shape == (3, 2, 4, 4)
-    from triflow3d.data.views import ViewsFolder, composite_white
+    from triflow3d.data.views import ViewsFolder
 
     ov = ViewsFolder(views).load(item["id"], 16)
-    want = FakeEncoder().forward_planes(composite_white(ov.images)[None], ov.input_cameras[None])[0]
+    want = FakeEncoder().forward_planes(ov.images[None], ov.input_cameras[None])[0]  # encoders take RGBA
     assert torch.equal(item["triplane"], want)
     assert item["caption"].startswith("a ") and Path(item["views_dir"]) == (views / item["id"]).resolve()
     assert item["attributes"]["n"] >= 1

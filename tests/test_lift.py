@@ -72,12 +72,12 @@ def test_lift_starts_as_a_no_op_and_then_sees_the_images():
         assert torch.equal(plain.forward_planes(images, cams), lifted.forward_planes(images, cams))
         init = lifted.lifted_queries(images, cams)
     assert init.shape == (2, cv.NUM_PLANES * 4 * 4, lifted.config.transformer_dim)
-    lift = lifted.lift
-    stats_grad = torch.autograd.grad(lift(images, cams).sum(), lift.proj.weight)[0]
+    lift, alpha = lifted.lift, torch.ones(2, 6, 1, 32, 32)
+    stats_grad = torch.autograd.grad(lift(images, cams, alpha).sum(), lift.proj.weight)[0]
     assert stats_grad.abs().sum() > 0  # the zero-initialised projection learns from the first step
     with torch.no_grad():
         lift.proj.weight.normal_()
-        a, b = lift(images, cams), lift(images.flip(0), cams)
+        a, b = lift(images, cams, alpha), lift(images.flip(0), cams, alpha)
     assert not torch.allclose(a, b)  # different images, different starts
 
 
@@ -111,15 +111,53 @@ def test_plane_lift_starts_as_a_no_op_and_learns():
     cams = zero123pp_rig().input_cameras()[None].expand(2, -1, -1)
     with torch.no_grad():
         assert torch.equal(plain.forward_planes(images, cams), lifted.forward_planes(images, cams))
-    lift = lifted.plane_lift
-    out = lift(images, cams)
+    lift, alpha = lifted.plane_lift, torch.ones(2, 6, 1, 32, 32)
+    out = lift(images, cams, alpha)
     assert out.shape == (2, *lifted.triplane_shape)
     grad = torch.autograd.grad(out.sum(), lift.context[-1].weight)[0]
     assert grad.abs().sum() > 0  # the zero-initialised last layer learns from the first step
     with torch.no_grad():
         lift.context[-1].weight.normal_()
-        a, b = lift(images, cams), lift(images.flip(0), cams)
+        a, b = lift(images, cams, alpha), lift(images.flip(0), cams, alpha)
     assert torch.isfinite(a).all() and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="alpha"):
+        lift(images, cams)  # built to read alpha
+
+
+def test_rgba_inputs_without_input_alpha_are_composited_on_white():
+    """A model that does not read alpha (InstantMesh's interface) sees RGBA exactly as RGB on white."""
+    from triflow3d.data.views import composite_white
+
+    model = build_reconstructor(tiny(plane_lift_depth=4, input_alpha=False), seed=0).eval()
+    rgba = torch.rand(1, 6, 4, 32, 32)
+    cams = zero123pp_rig().input_cameras()[None]
+    with torch.no_grad():
+        assert torch.equal(
+            model.forward_planes(rgba, cams), model.forward_planes(composite_white(rgba), cams)
+        )
+
+
+def test_input_alpha_makes_a_white_object_visible():
+    """White on white: only the alpha channel tells object from background. The plane lift of a model that
+    reads alpha sees it (its min over the views is a visual hull); from RGB alone the estimate is empty."""
+    from triflow3d.encoders.reconstructor import alpha_from_white
+
+    model = build_reconstructor(tiny(plane_lift_depth=4), seed=0).eval()
+    assert model.config.input_alpha  # the lrm-small preset reads alpha
+    cams = zero123pp_rig().input_cameras()[None]
+    white = torch.ones(1, 6, 3, 32, 32)
+    alpha = torch.zeros(1, 6, 1, 32, 32)
+    alpha[..., 8:24, 8:24] = 1.0
+    with torch.no_grad():
+        model.plane_lift.context[-1].weight.normal_()
+        seen = model.forward_planes(torch.cat([white, alpha], 2), cams)
+        empty = model.forward_planes(torch.cat([white, torch.zeros_like(alpha)], 2), cams)
+        estimated = model.forward_planes(white, cams)  # RGB only: alpha estimated from the background
+    assert not torch.allclose(seen, empty)
+    assert torch.allclose(estimated, empty)
+    grey = torch.full((1, 3, 2, 2), 0.5)
+    assert torch.equal(alpha_from_white(grey), torch.ones(1, 1, 2, 2))
+    assert torch.equal(alpha_from_white(torch.ones(1, 3, 2, 2)), torch.zeros(1, 1, 2, 2))
 
 
 def test_config_round_trip_and_validation():
@@ -128,6 +166,8 @@ def test_config_round_trip_and_validation():
     assert (back.lift_depth, back.plane_lift_depth) == (6, 5)
     assert PRESETS["instantmesh-nerf-large"].lift_depth == 0
     assert PRESETS["instantmesh-nerf-large"].plane_lift_depth == 0
+    assert not PRESETS["instantmesh-nerf-large"].input_alpha
+    assert ReconstructorConfig.from_dict(json.loads(json.dumps(tiny().to_dict()))).input_alpha
     for name in ("lift_depth", "plane_lift_depth"):
         with pytest.raises(ConfigError):
             tiny(**{name: -1})

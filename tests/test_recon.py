@@ -57,7 +57,7 @@ def test_cursor_epochs_and_restart():
 def test_sample_rays_hit_the_spheres(folders):
     inputs, sup = folders
     data = load_recon_data([inputs], [sup], 16, 16)
-    assert data.inputs.shape == (3, 6, 3, 16, 16) and data.sup.shape == (3, 10, 4, 16, 16)
+    assert data.inputs.shape == (3, 6, 4, 16, 16) and data.sup.shape == (3, 10, 4, 16, 16)
     g = torch.Generator().manual_seed(0)
     idx = torch.tensor([2, 0])
     rays = sample_rays(data, idx, 256, 0.5, g)
@@ -74,6 +74,40 @@ def test_sample_rays_hit_the_spheres(folders):
         covered = rays.alpha[b, :, 0] > 0.5
         assert (covered == hits).float().mean() > 0.97  # edge pixels may differ by resampling only
     assert torch.all(rays.rgb[rays.alpha[..., 0] == 0] == 1.0)  # empty pixels are white
+
+
+def test_edge_rays_sit_on_the_outline(folders):
+    from triflow3d.recon.data import pixel_weights, silhouette_edges
+
+    alpha = torch.zeros(1, 8, 8)
+    alpha[0, 2:6, 2:6] = 1.0
+    edges = silhouette_edges(alpha)
+    assert edges[0, 3:5, 3:5].sum() == 0 and edges[0, 0].sum() == 0  # deep inside / far outside
+    assert edges[0, 1, 2] == 1 and edges[0, 2, 2] == 1  # one pixel either side of the outline
+    w = pixel_weights(alpha[None], 0.25, 0.5)  # (1, 64)
+    assert torch.allclose(w.sum(), torch.tensor(1.0))
+    on_edge = edges.flatten() > 0
+    assert torch.allclose(w[0, on_edge].sum(), torch.tensor(0.5 + 0.25 * 12 / 16 + 0.25 * 32 / 64))
+    assert torch.equal(pixel_weights(alpha[None], 0.5), pixel_weights(alpha[None], 0.5, 0.0))
+    data = load_recon_data(*([f] for f in folders), 16, 16)
+    rays = sample_rays(data, torch.tensor([0, 1]), 512, 0.0, torch.Generator().manual_seed(0), 1.0)
+    assert 0.1 < rays.alpha.mean() < 0.9  # the band holds covered and uncovered pixels
+    with pytest.raises(Exception, match="edge_fraction"):
+        TrainConfig(fg_fraction=0.6, edge_fraction=0.5)
+
+
+def test_covered_colour_loss_ignores_opacity():
+    """The loss on white can be met by a faint dark render; the covered-ray colour loss cannot."""
+    from triflow3d.recon.train import covered_colour_loss
+
+    target, alpha = torch.tensor([[[0.0, 0.8, 0.0]]]), torch.ones(1, 1, 1)  # a green, fully covered pixel
+    w = torch.full((1, 1, 1), 0.5)
+    faint_green = 0.5 * torch.tensor([0.0, 0.8, 0.0]) + (1 - w)  # right hue, half opaque, on white
+    assert covered_colour_loss(faint_green, w, target, alpha) < 1e-12
+    grey = torch.full((1, 1, 3), 0.6)  # on white this is closer to the target than faint_green ...
+    assert covered_colour_loss(grey, w, target, alpha) > 0.1  # ... but its own colour is far from green
+    none = covered_colour_loss(grey, w, target, torch.zeros(1, 1, 1))  # uncovered target: no term
+    assert none == 0
 
 
 def test_camera_frame_dirs_centre_looks_forward():

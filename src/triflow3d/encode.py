@@ -22,7 +22,7 @@ import torch
 
 from triflow3d import conventions as cv
 from triflow3d.data import latents as lt
-from triflow3d.data.views import ViewsFolder, composite_white, is_zero123pp
+from triflow3d.data.views import ViewsFolder, is_zero123pp
 from triflow3d.errors import ConfigError, TriflowError
 from triflow3d.utils.io import dist_rank_world, shard
 from triflow3d.utils.progress import progress_bar
@@ -112,7 +112,7 @@ class _Pending:
 
 
 def _load_batch(views: ViewsFolder, ids: list[str], size: int, fails: list[dict]):
-    """Load views for ``ids`` -> (ok ids, images (B, V, 3, S, S) on white, cameras (B, V, 16))."""
+    """Load views for ``ids`` -> (ok ids, images (B, V, 4, S, S) RGBA, cameras (B, V, 16))."""
     ok, imgs, cams = [], [], []
     for i in ids:
         try:
@@ -125,7 +125,7 @@ def _load_batch(views: ViewsFolder, ids: list[str], size: int, fails: list[dict]
             fails.append({"id": i, "error": str(e)})
             continue
         ok.append(i)
-        imgs.append(composite_white(ov.images))
+        imgs.append(ov.images)
         cams.append(ov.input_cameras)
     if not ok:
         return ok, None, None

@@ -347,18 +347,18 @@ class ServeApp:
         return zero123pp_rig()
 
     def _rig_views(self, images: list[str]) -> tuple[torch.Tensor, str]:
-        """Six uploaded images in rig order -> (6, 3, S, S) in [0, 1] on white."""
-        from triflow3d.data.views import composite_white, load_rgba
+        """Six uploaded images in rig order -> (6, 4, S, S) RGBA in [0, 1] (images without alpha: opaque)."""
+        from triflow3d.data.views import load_rgba
 
         if len(images) != len(cv.ZERO123PP_AZIMUTHS_DEG):
             raise ConfigError(f"upload exactly {len(cv.ZERO123PP_AZIMUTHS_DEG)} rig views, got {len(images)}")
         size, lim = int(self.reconstructor.config.image_size), self.config.limits
         paths = [check_upload(p, IMAGE_EXTENSIONS, lim.max_upload_mb) for p in images]
         rgba = np.stack([load_rgba(p, size) for p in paths])  # (6, 4, S, S) uint8
-        return composite_white(torch.from_numpy(rgba).float() / 255.0), f"{len(paths)} views"
+        return torch.from_numpy(rgba).float() / 255.0, f"{len(paths)} views"
 
     def _render_asset(self, asset: str) -> tuple[torch.Tensor, str]:
-        """One uploaded asset file -> its six rig views (6, 3, S, S) on white, as the render stage makes them."""
+        """One uploaded asset file -> its six rig views (6, 4, S, S) RGBA, as the render stage makes them."""
         from triflow3d.assets import load_asset_isolated, normalize
         from triflow3d.render import make_renderer
 
@@ -367,8 +367,8 @@ class ServeApp:
         loaded = load_asset_isolated(path, timeout_s=60.0, max_bytes=lim.max_upload_mb * 2**20)
         size = int(self.reconstructor.config.image_size)
         with self.lock:
-            rgb = make_renderer("auto").render(normalize(loaded), self._rig(), size).rgb_on_white()
-        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float(), path.name
+            rgba = make_renderer("auto").render(normalize(loaded), self._rig(), size).rgba
+        return torch.from_numpy(np.ascontiguousarray(rgba)).permute(0, 3, 1, 2).float(), path.name
 
     # --- gradio ---------------------------------------------------------------------------------
     def build(self) -> gr.Blocks:

@@ -43,21 +43,27 @@ def token_columns(low_res: int, depth: int) -> torch.Tensor:
 
 
 class ProjectiveLift(nn.Module):
-    """Images (B, V, 3, H, W) on white in [0, 1] + input cameras (B, V, 16) -> (B, 3*r*r, dim)."""
+    """Images (B, V, 3, H, W) on white in [0, 1] + input cameras (B, V, 16) [+ alpha (B, V, 1, H, W)]
+    -> (B, 3*r*r, dim)."""
 
-    def __init__(self, low_res: int, depth: int, dim: int, channels: int = LIFT_CHANNELS):
+    def __init__(
+        self, low_res: int, depth: int, dim: int, channels: int = LIFT_CHANNELS, alpha: bool = False
+    ):
         super().__init__()
         self.low_res, self.depth = low_res, depth
+        raw = 4 if alpha else 3  # what view_samples appends to the CNN features
         self.cnn = nn.Sequential(
-            nn.Conv2d(3, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1)
+            nn.Conv2d(raw, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1)
         )
-        self.proj = nn.Linear(2 * (channels + 3) * depth, dim)
+        self.proj = nn.Linear(2 * (channels + raw) * depth, dim)
         nn.init.zeros_(self.proj.weight)  # starts as a no-op, so it can be added to a trained model
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, cameras: torch.Tensor, alpha: torch.Tensor | None = None
+    ) -> torch.Tensor:
         seen = view_samples(
-            self.cnn, images, cameras, token_columns(self.low_res, self.depth)
+            self.cnn, images, cameras, token_columns(self.low_res, self.depth), alpha
         )  # (B, V, F, P)
         stats = torch.cat(mean_var_over_views(seen), dim=1)  # (B, 2F, P)
         stats = stats.unflatten(-1, (-1, self.depth)).permute(0, 2, 1, 3)  # (B, T, 2F, D)
@@ -65,14 +71,28 @@ class ProjectiveLift(nn.Module):
 
 
 def view_samples(
-    cnn: nn.Module, images: torch.Tensor, cameras: torch.Tensor, pts: torch.Tensor
+    cnn: nn.Module,
+    images: torch.Tensor,
+    cameras: torch.Tensor,
+    pts: torch.Tensor,
+    alpha: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Images (B, V, 3, H, W) on white + cameras (B, V, 16), world points (P, 3) -> what every view sees
-    there: ``cnn`` features of the normalised pixels plus the raw RGB, (B, V, F + 3, P), bilinear; 0 behind
-    the camera. The points are rebuilt by the callers each call (no buffer for the meta-device loader)."""
+    """Images (B, V, 3, H, W) on white + cameras (B, V, 16), world points (P, 3) [+ alpha (B, V, 1, H, W)]
+    -> what every view sees there: ``cnn`` features of the normalised pixels (and alpha) plus the raw RGB
+    (and alpha), (B, V, F + 3 [+ 1], P), bilinear; 0 behind the camera and outside the image. The points are
+    rebuilt by the callers each call (no buffer for the meta-device loader)."""
     b, v = images.shape[:2]
+    wants = cnn[0].in_channels if isinstance(cnn, nn.Sequential) else None
+    if wants is not None and wants != 3 + (alpha is not None):
+        raise ValueError(
+            f"this lift's CNN reads {wants} channels: give alpha exactly when it was built to read it"
+        )
     flat = images.flatten(0, 1)  # (B*V, 3, H, W)
-    feats = torch.cat([cnn((flat - cv.ENCODER_PIXEL_MEAN) / cv.ENCODER_PIXEL_STD), flat], dim=1)
+    pixels = (flat - cv.ENCODER_PIXEL_MEAN) / cv.ENCODER_PIXEL_STD
+    if alpha is not None:
+        a = alpha.flatten(0, 1).to(flat.dtype)  # (B*V, 1, H, W)
+        flat, pixels = torch.cat([flat, a], dim=1), torch.cat([pixels, a], dim=1)
+    feats = torch.cat([cnn(pixels), flat], dim=1)
     c2w, K = decode_input_cameras(cameras.flatten(0, 1).float())
     pts = pts.to(images.device).expand(b * v, -1, -1)  # (B*V, P, 3)
     uv, z = project_points(c2w, K, pts)  # (B*V, P, 2), (B*V, P)
@@ -101,14 +121,23 @@ class PlaneLift(nn.Module):
     to the transformer's planes as a no-op at the start (and a trained model can be extended with it).
     """
 
-    def __init__(self, res: int, depth: int, triplane_dim: int, channels: int = 8, hidden: int = 64):
+    def __init__(
+        self,
+        res: int,
+        depth: int,
+        triplane_dim: int,
+        channels: int = 8,
+        hidden: int = 64,
+        alpha: bool = False,
+    ):
         super().__init__()
         self.res, self.depth = res, depth
+        raw = 4 if alpha else 3  # what view_samples appends to the CNN features
         self.cnn = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, channels, 3, padding=1)
+            nn.Conv2d(raw, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, channels, 3, padding=1)
         )
         self.cell = nn.Sequential(
-            nn.Conv2d(4 * (channels + 3) * depth, hidden, 1), nn.GELU(), nn.Conv2d(hidden, hidden, 1)
+            nn.Conv2d(4 * (channels + raw) * depth, hidden, 1), nn.GELU(), nn.Conv2d(hidden, hidden, 1)
         )
         self.pos = nn.Parameter(torch.zeros(cv.NUM_PLANES, hidden, res, res))
         self.context = nn.Sequential(
@@ -120,9 +149,11 @@ class PlaneLift(nn.Module):
         nn.init.zeros_(self.context[-1].weight)
         nn.init.zeros_(self.context[-1].bias)
 
-    def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, cameras: torch.Tensor, alpha: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, r, d = images.shape[0], self.res, self.depth
-        seen = view_samples(self.cnn, images, cameras, token_columns(r, d))  # (B, V, F, 3*R*R*D)
+        seen = view_samples(self.cnn, images, cameras, token_columns(r, d), alpha)  # (B, V, F, 3*R*R*D)
         mean, var = mean_var_over_views(seen)
         stats = torch.cat([seen.amin(1), seen.amax(1), mean, (var + 1e-6).sqrt()], dim=1)
         stats = stats.unflatten(-1, (cv.NUM_PLANES, r, r, d))  # (B, 4F, 3, R, R, D)

@@ -48,7 +48,8 @@ PRESETS: dict[str, ReconstructorConfig] = {
     "instantmesh-nerf-large": ReconstructorConfig(**_DINO_VITB16, **_LARGE),
     "instantmesh-mesh-base": ReconstructorConfig(**_DINO_VITB16, **_BASE, **_MESH),
     "instantmesh-mesh-large": ReconstructorConfig(**_DINO_VITB16, **_LARGE, **_MESH),
-    # Our own CPU-trainable reconstructor: 128 px views (16x16 patches), planes 3 x 8 x 32 x 32, plane lift.
+    # Our own CPU-trainable reconstructor: 128 px views (16x16 patches), planes 3 x 8 x 32 x 32, plane lift
+    # reading RGBA inputs.
     "lrm-small": ReconstructorConfig(
         encoder_feat_dim=128,
         hidden_size=128,
@@ -66,6 +67,7 @@ PRESETS: dict[str, ReconstructorConfig] = {
         rendering_samples_per_ray=64,
         ray_embedding=True,
         plane_lift_depth=16,
+        input_alpha=True,
     ),  # fmt: skip
 }
 

@@ -25,6 +25,7 @@ from triflow3d.errors import ConfigError
 KINDS = ("nerf", "mesh")
 MODEL_CLASSES = {"nerf": "src.models.lrm.InstantNeRF", "mesh": "src.models.lrm_mesh.InstantMesh"}
 DECODER_HIDDEN = 64  # upstream OSGDecoder width (fixed in every variant)
+WHITE_TOLERANCE = 2.0 / 255.0  # alpha_from_white: how far from white still counts as background
 
 # Upstream names of the constructor arguments (``params``) and of the HF ViTConfig fields we use.
 _PARAM_FIELDS = (
@@ -39,11 +40,13 @@ _PARAM_FIELDS = (
     "ray_embedding",  # triflow3d extension (not upstream): Plucker ray tokens, see CameraConditionedEncoder
     "lift_depth",  # triflow3d extension (not upstream): projective lift of the queries, see encoders/lift.py
     "plane_lift_depth",  # triflow3d extension (not upstream): full-resolution plane lift, see encoders/lift.py
+    "input_alpha",  # triflow3d extension (not upstream): the lifts read the inputs' alpha, see encoders/lift.py
 )
 _MESH_FIELDS = ("grid_res", "grid_scale")
 _VIT_FIELDS = tuple(f.name for f in dataclasses.fields(ViTParams))
 _OPTIONAL = {"triplane_high_res", "rendering_samples_per_ray", "grid_res", "grid_scale", "layer_norm_eps"}
 _OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding", "lift_depth", "plane_lift_depth"}
+_OPTIONAL |= {"input_alpha"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,11 @@ class ReconstructorConfig(ViTParams):
     """Not upstream (0 = off, as InstantMesh): add planes computed directly from ``plane_lift_depth`` view
     samples along each plane cell's column (:class:`triflow3d.encoders.lift.PlaneLift`, a visual-hull and
     photo-consistency code) to the transformer's planes."""
+    input_alpha: bool = False
+    """Not upstream (off for InstantMesh, whose ViT sees RGB on white only): the lifts also read each input
+    view's alpha (the CNN gets it as a fourth channel, and its min over the views is a visual hull), so
+    objects as white as the background stay visible. Inputs given as RGB on white get an alpha estimated
+    from the white background (:func:`alpha_from_white`)."""
     grid_res: int = 128
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
@@ -232,12 +240,16 @@ class TriplaneReconstructor(nn.Module):
         if c.lift_depth:
             from triflow3d.encoders.lift import ProjectiveLift
 
-            self.lift = ProjectiveLift(c.triplane_low_res, c.lift_depth, c.transformer_dim)
+            self.lift = ProjectiveLift(
+                c.triplane_low_res, c.lift_depth, c.transformer_dim, alpha=c.input_alpha
+            )
         self.plane_lift = None
         if c.plane_lift_depth:
             from triflow3d.encoders.lift import PlaneLift
 
-            self.plane_lift = PlaneLift(2 * c.triplane_low_res, c.plane_lift_depth, c.triplane_dim)
+            self.plane_lift = PlaneLift(
+                2 * c.triplane_low_res, c.plane_lift_depth, c.triplane_dim, alpha=c.input_alpha
+            )
 
     @property
     def triplane_shape(self) -> tuple[int, int, int, int]:
@@ -273,19 +285,37 @@ class TriplaneReconstructor(nn.Module):
         """(B, V*L, D) [+ lifted starts (B, 3*r*r, D_t)] -> normed query tokens (B, 3*r*r, D_t)."""
         return self.transformer.tokens(image_tokens, init)
 
-    def lifted_queries(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor | None:
+    def lifted_queries(
+        self, images: torch.Tensor, cameras: torch.Tensor, alpha: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """The projective lift's query starts (B, 3*r*r, D_t), or None when the config has no lift."""
         if self.lift is None:
             return None
-        return self.lift(images.to(self.compute_dtype), cameras)
+        return self.lift(images.to(self.compute_dtype), cameras, self._lift_alpha(images, alpha))
+
+    def split_inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs (B, V, 3|4, H, W) in [0, 1] -> RGB on white (B, V, 3, H, W) and alpha (B, V, 1, H, W) or
+        None. RGBA is straight (not premultiplied) alpha, as the rendered PNGs hold it."""
+        if images.ndim == 5 and images.shape[2] == 4:
+            rgb, alpha = images[:, :, :3], images[:, :, 3:]
+            return rgb * alpha + cv.BACKGROUND * (1.0 - alpha), alpha
+        return images, None
+
+    def _lift_alpha(self, rgb: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.config.input_alpha:
+            return None
+        return (alpha if alpha is not None else alpha_from_white(rgb)).to(self.compute_dtype)
 
     def forward_planes(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
-        """(B, V, 3, H, W) in [0, 1] + (B, V, 16) -> triplanes (B, 3, C, R, R), float32."""
+        """(B, V, 3, H, W) RGB on white or (B, V, 4, H, W) RGBA, in [0, 1], + (B, V, 16) -> triplanes
+        (B, 3, C, R, R), float32. The ViT always sees RGB on white (InstantMesh's input)."""
+        images, alpha = self.split_inputs(images)
         tokens = self.encode_images(images, cameras)
-        init = self.lifted_queries(images, cameras)
+        init = self.lifted_queries(images, cameras, alpha)
         planes = self.transformer.to_planes(self.transformer_tokens(tokens, init))
         if self.plane_lift is not None:
-            planes = planes + self.plane_lift(images.to(self.compute_dtype), cameras)
+            lift_alpha = self._lift_alpha(images, alpha)
+            planes = planes + self.plane_lift(images.to(self.compute_dtype), cameras, lift_alpha)
         return planes.float()
 
     def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
@@ -344,6 +374,13 @@ class TriplaneReconstructor(nn.Module):
         if planes.ndim != 5 or planes.shape[0] != 1:
             raise ValueError(f"extract_mesh takes one triplane (1, 3, C, R, R), got {tuple(planes.shape)}")
         return extract_mesh(self.synthesizer, self._field_planes(planes), resolution, threshold, **kwargs)
+
+
+def alpha_from_white(rgb: torch.Tensor, tolerance: float = WHITE_TOLERANCE) -> torch.Tensor:
+    """An alpha estimate (..., 1, H, W) for RGB on white (..., 3, H, W): 0 where every channel is within
+    ``tolerance`` of white, rising linearly to 1 at twice that. A white object on white is lost (give RGBA)."""
+    darkest = rgb.amin(dim=-3, keepdim=True)  # (..., 1, H, W)
+    return ((cv.BACKGROUND - darkest - tolerance) / tolerance).clamp(0.0, 1.0)
 
 
 def _check_inputs(images: torch.Tensor, cameras: torch.Tensor) -> None:

@@ -392,7 +392,7 @@ def roundtrip_metrics(recon, cfg: EvalConfig, renderer, device) -> dict[str, Any
     preds, refs = [], []
     for i in range(cfg.recon_objects):
         asset = build_asset(sample_spec(sample_seed("test", i, RECON_STREAM), "test"))
-        views = torch.from_numpy(renderer.render(asset, zrig, size_in).rgb_on_white()).permute(0, 3, 1, 2)
+        views = torch.from_numpy(renderer.render(asset, zrig, size_in).rgba).float().permute(0, 3, 1, 2)
         planes = recon.forward_planes(views[None].to(device), zrig.input_cameras()[None].to(device))
         out = recon.render(planes, rig.render_cameras()[None].to(device), cfg.image_size, deterministic=True)
         preds.append(out["rgb"][0].float().clamp(0, 1).cpu())  # (V, 3, S, S)

@@ -233,7 +233,7 @@ def _reconstruct(args) -> int:
 
     from triflow3d.assets.export import save_mesh
     from triflow3d.cameras import orbit_rig
-    from triflow3d.data.views import composite_white, is_zero123pp, load_object
+    from triflow3d.data.views import is_zero123pp, load_object
 
     model = _load_encoder(args)
     src = Path(args.input)
@@ -248,7 +248,7 @@ def _reconstruct(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dev = next(model.parameters()).device
     with torch.inference_mode():
-        images, cams_in = composite_white(views.images)[None].to(dev), views.input_cameras[None].to(dev)
+        images, cams_in = views.images[None].to(dev), views.input_cameras[None].to(dev)  # RGBA
         planes = model.forward_planes(images, cams_in)
         mesh = model.extract_mesh(planes, args.resolution)
         cams = orbit_rig(args.renders).render_cameras()[None].to(dev)

@@ -1,6 +1,6 @@
 """In-memory training data for the reconstructor: input views, supervision views, random ray subsets.
 
-Everything is preloaded as uint8 (inputs composited on white at the model's image size; supervision
+Everything is preloaded as uint8 (input RGBA at the model's image size, composited by the model; supervision
 RGBA at ``sup_size``), so a training step only gathers pixels. Rays are built per chosen pixel from a
 per-intrinsics table of camera-frame directions, rotated by each view's c2w.
 """
@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from triflow3d.cameras import pixel_rays
-from triflow3d.data.views import ViewsFolder, composite_white, is_zero123pp
+from triflow3d.data.views import ViewsFolder, is_zero123pp
 from triflow3d.errors import ConfigError, TriflowError
 from triflow3d.utils.parallel import ordered_map
 from triflow3d.utils.progress import progress_bar
@@ -21,7 +22,7 @@ from triflow3d.utils.progress import progress_bar
 
 @dataclass
 class ReconData:
-    """N objects: inputs (N, V, 3, H, W) uint8 on white, input cameras (N, V, 16), supervision views
+    """N objects: inputs (N, V, 4, H, W) uint8 RGBA, input cameras (N, V, 16), supervision views
     sup (N, M, 4, S, S) uint8 RGBA with c2w (N, M, 4, 4) and K (N, M, 3, 3)."""
 
     ids: list[str]
@@ -105,7 +106,7 @@ def _load_one(
     sup = torch.cat([v.images for v in views])[:n]  # (M, 4, S, S)
     c2w = torch.cat([v.c2w for v in views])[:n]
     K = torch.cat([v.K for v in views])[:n]
-    return id, _to_uint8(composite_white(inp.images)), inp.input_cameras, sup, c2w, K, folder.path(id)
+    return id, _to_uint8(inp.images), inp.input_cameras, sup, c2w, K, folder.path(id)
 
 
 @dataclass
@@ -125,15 +126,42 @@ def camera_frame_dirs(K: torch.Tensor, size: int) -> torch.Tensor:
     return d[0]
 
 
+def silhouette_edges(alpha: torch.Tensor) -> torch.Tensor:
+    """Coverage (..., S, S) -> 1.0 on the outline's 3x3 band (pixels whose neighbourhood holds both covered
+    and uncovered pixels), else 0.0."""
+    m = (alpha > 0.5).float().flatten(0, -3)[:, None]  # (N, 1, S, S)
+    grown = F.max_pool2d(m, 3, stride=1, padding=1)
+    shrunk = -F.max_pool2d(-m, 3, stride=1, padding=1)
+    return (grown - shrunk).reshape(alpha.shape)
+
+
+def pixel_weights(alpha: torch.Tensor, fg_fraction: float, edge_fraction: float = 0.0) -> torch.Tensor:
+    """Coverage (B, M, S, S) -> unnormalised ray-drawing weights (B, M*S*S): ``fg_fraction`` of the mass on
+    covered pixels, ``edge_fraction`` on the outline band (:func:`silhouette_edges`), the rest uniform."""
+    B, M, S, _ = alpha.shape
+    flat = alpha.reshape(B, M * S * S)
+    fg = (flat > 0).float()
+    rest = 1.0 - fg_fraction - edge_fraction
+    w = fg_fraction * fg / fg.sum(1, keepdim=True).clamp_min(1.0) + rest / (M * S * S)
+    if edge_fraction > 0:
+        edge = silhouette_edges(alpha).reshape(B, M * S * S)
+        w = w + edge_fraction * edge / edge.sum(1, keepdim=True).clamp_min(1.0)
+    return w
+
+
 def sample_rays(
-    data: ReconData, idx: torch.Tensor, n_rays: int, fg_fraction: float, g: torch.Generator
+    data: ReconData,
+    idx: torch.Tensor,
+    n_rays: int,
+    fg_fraction: float,
+    g: torch.Generator,
+    edge_fraction: float = 0.0,
 ) -> RayBatch:
-    """``n_rays`` random pixels per object (a ``fg_fraction`` share drawn from covered pixels)."""
+    """``n_rays`` random pixels per object: a ``fg_fraction`` share drawn from covered pixels, an
+    ``edge_fraction`` share from the silhouette's outline band, the rest uniformly."""
     sup = data.sup[idx]  # (B, M, 4, S, S) uint8
     B, M, _, S, _ = sup.shape
-    alpha = sup[:, :, 3].reshape(B, M * S * S).float() / 255.0
-    fg = (alpha > 0).float()
-    w = fg_fraction * fg / fg.sum(1, keepdim=True).clamp_min(1.0) + (1.0 - fg_fraction) / (M * S * S)
+    w = pixel_weights(sup[:, :, 3].float() / 255.0, fg_fraction, edge_fraction)
     flat = torch.multinomial(w, n_rays, replacement=True, generator=g)  # (B, N) over views x pixels
     view, pix = flat // (S * S), flat % (S * S)
     c2w = data.sup_c2w[idx].gather(1, view[..., None, None].expand(B, n_rays, 4, 4))  # (B, N, 4, 4)

@@ -56,7 +56,7 @@ def evaluate_object(
     inp = inputs.load(id, int(model.config.image_size))
     tgt = targets.load(id, size)
     dev = next(model.parameters()).device
-    images = composite_white(inp.images)[None].to(dev)  # (1, V, 3, H, W)
+    images = inp.images[None].to(dev)  # (1, V, 4, H, W) RGBA: the model composites what it needs
     planes = model.forward_planes(images, inp.input_cameras[None].to(dev))
     cams = tgt.render_cameras[:max_views][None].to(dev)  # (1, M, 25)
     out = model.render(planes, cams, size, deterministic=True)

@@ -50,6 +50,9 @@ class TrainConfig:
     """Supervision rays rendered per object per step (random subset, not full images)."""
     fg_fraction: float = 0.5
     """Share of rays drawn from covered pixels (the rest uniformly)."""
+    edge_fraction: float = 0.0
+    """Share of rays drawn from silhouette-edge pixels (the outline's 3x3 band), where the silhouette
+    error lives; ``fg_fraction + edge_fraction <= 1``, the rest uniformly."""
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup: int = 200
@@ -58,6 +61,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     mask_weight: float = 0.5
     """Weight of the coverage loss MSE(alpha, mask)."""
+    colour_weight: float = 0.0
+    """Weight of the covered-ray colour loss: MSE between the target colour and the render's colour
+    *before* the background is added, divided by its (detached) opacity, on rays the target covers fully
+    and the render at least a little. Unlike the loss on white it cannot be met by trading colour for
+    opacity, so it gives hue a gradient from the first step."""
     camera_noise: float = 0.02
     """Uniform noise on the 16 input-camera numbers, as upstream training does."""
     sup_size: int = 128
@@ -94,6 +102,8 @@ class TrainConfig:
             raise ConfigError(f"train samples must be 0 (the model's own) or >= 8, got {self.samples}")
         if not 0.0 <= self.fg_fraction <= 1.0:
             raise ConfigError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
+        if not 0.0 <= self.edge_fraction <= 1.0 - self.fg_fraction:
+            raise ConfigError(f"edge_fraction must be in [0, 1 - fg_fraction], got {self.edge_fraction}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -138,17 +148,35 @@ def loss_on_batch(
     images = data.inputs[idx].to(dev).float() / 255.0  # (B, V, 3, H, W)
     cams = data.input_cameras[idx]
     cams = (cams + cfg.camera_noise * (2 * torch.rand(cams.shape, generator=g) - 1)).to(dev)
-    rays = sample_rays(data, idx, cfg.rays, cfg.fg_fraction, g).to(dev)
+    rays = sample_rays(data, idx, cfg.rays, cfg.fg_fraction, g, cfg.edge_fraction).to(dev)
     planes = model.forward_planes(images, cams)  # (B, 3, C, R, R)
     opts = train_render_options(model, cfg)
     out = render_rays(model.synthesizer, planes, rays.origins, rays.dirs, opts, False, generator=g)
     rgb_mse = F.mse_loss(out["rgb"], rays.rgb)
     mask_mse = F.mse_loss(out["weight"], rays.alpha)
     losses = {"loss": rgb_mse + cfg.mask_weight * mask_mse, "rgb_mse": rgb_mse, "mask_mse": mask_mse}
+    if cfg.colour_weight > 0:
+        losses["colour_mse"] = covered_colour_loss(out["rgb"], out["weight"], rays.rgb, rays.alpha)
+        losses["loss"] = losses["loss"] + cfg.colour_weight * losses["colour_mse"]
     if cfg.occ_weight > 0:
         losses["occ_bce"] = occupancy_term(model, planes, data, idx, cfg.occ_points, g)
         losses["loss"] = losses["loss"] + cfg.occ_weight * losses["occ_bce"]
     return losses
+
+
+def covered_colour_loss(
+    rgb: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    alpha: torch.Tensor,
+    min_weight: float = 0.05,
+) -> torch.Tensor:
+    """Rendered rgb on white (B, N, 3) and opacity (B, N, 1) vs target colour on white and coverage -> MSE of
+    the render's own colour (rgb before the white background, over its detached opacity) on rays the target
+    covers fully (alpha > 0.99) and the render covers at least ``min_weight``; 0 when there are none."""
+    own = (rgb - (1.0 - weight)) / weight.detach().clamp_min(min_weight)  # (B, N, 3) mean sample colour
+    keep = ((alpha > 0.99) & (weight.detach() > min_weight)).to(rgb.dtype)  # (B, N, 1)
+    return ((own - target).square() * keep).sum() / (3.0 * keep.sum()).clamp_min(1.0)
 
 
 def warm_start(model: TriplaneReconstructor, spec: str) -> None:
