@@ -212,3 +212,24 @@ def test_cli_fine_tunes_with_a_lift_and_a_frozen_decoder(tmp_path):
     images, cams = torch.rand(1, 6, 3, 32, 32), zero123pp_rig().input_cameras()[None]
     with torch.no_grad():
         assert torch.isfinite(loaded.forward_planes(images, cams)).all()
+
+
+def test_rgb_plane_lift_grows_to_read_alpha_without_changing_its_output():
+    """An RGB-trained model warm-starts an alpha-reading one (recon train --init): the grown lift's alpha
+    weights are zero, so the new model makes the same planes from RGBA as the old one from RGB."""
+    from triflow3d.recon.train import grown_state
+
+    old = build_reconstructor(tiny(plane_lift_depth=4, input_alpha=False), seed=0).eval()
+    with torch.no_grad():  # a trained-looking lift: the zero-initialised last layer is not a no-op
+        old.plane_lift.context[-1].weight.normal_(0.0, 0.1)
+    new = build_reconstructor(tiny(plane_lift_depth=4, input_alpha=True), seed=1).eval()
+    new.load_state_dict(grown_state(old, new))
+    g = torch.Generator().manual_seed(0)
+    rgba = torch.rand(2, 6, 4, 32, 32, generator=g)
+    cams = zero123pp_rig().input_cameras()[None].expand(2, -1, -1)
+    with torch.no_grad():
+        want = old.forward_planes(rgba, cams)  # RGB composited on white
+        got = new.forward_planes(rgba, cams)  # the same RGB, and alpha through zero weights
+        fresh = build_reconstructor(tiny(plane_lift_depth=4, input_alpha=True), seed=1).eval()
+        assert not torch.allclose(fresh.forward_planes(rgba, cams), want, atol=1e-3)
+    assert torch.allclose(got, want, atol=1e-5)

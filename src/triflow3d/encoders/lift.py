@@ -102,6 +102,23 @@ def view_samples(
     return seen.unflatten(0, (b, v))
 
 
+def plane_lift_state_with_alpha(state: dict[str, torch.Tensor], prefix: str, depth: int) -> dict[str, torch.Tensor]:
+    """A ``PlaneLift`` state dict that reads RGB -> the same lift reading RGBA, function-preserving: the
+    alpha input of the first CNN layer and the alpha columns of the cell MLP's first layer are zero, so
+    the grown lift maps an RGBA view to exactly what the old one made of its RGB. Other keys pass through.
+    Cell input channels are laid out (4 statistics, features, depth), the raw alpha feature last."""
+    out = dict(state)
+    w = state[prefix + "cnn.0.weight"]  # (O, 3, k, k)
+    if w.shape[1] != 3:
+        raise ValueError(f"{prefix}cnn.0 reads {w.shape[1]} channels, expected RGB (3)")
+    out[prefix + "cnn.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 1, *w.shape[2:])], dim=1)
+    c = state[prefix + "cell.0.weight"]  # (H, 4*F*D, 1, 1)
+    c = c.unflatten(1, (4, -1, depth))  # (H, 4, F, D, 1, 1)
+    c = torch.cat([c, c.new_zeros(c.shape[0], 4, 1, *c.shape[3:])], dim=2)  # alpha feature appended last
+    out[prefix + "cell.0.weight"] = c.flatten(1, 3)
+    return out
+
+
 def mean_var_over_views(seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, V, F, P) -> mean and biased variance over the views V, each (B, F, P), in two passes (as
     ``var`` computes; on the CPU ``Tensor.var`` over a middle dimension is about 10x slower)."""

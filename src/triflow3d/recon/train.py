@@ -86,6 +86,9 @@ class TrainConfig:
     init: str = ""
     """Start from these weights (``NAME[:CKPT]``, e.g. ``lrm-small``) instead of from scratch; modules the
     trained model lacks (a newly enabled lift) keep their fresh initialisation."""
+    fresh_decoder: bool = False
+    """With ``init``: the field decoder keeps its fresh initialisation instead of the starting model's
+    (a decoder inherited from a run that never learned hue cannot express it)."""
     freeze_decoder: bool = False
     """Keep the field decoder fixed (with ``init``: triplanes stay decodable by the starting model's
     decoder, so latents and generators made with it stay valid)."""
@@ -179,11 +182,15 @@ def covered_colour_loss(
     return ((own - target).square() * keep).sum() / (3.0 * keep.sum()).clamp_min(1.0)
 
 
-def warm_start(model: TriplaneReconstructor, spec: str) -> None:
-    """Copy the weights of reconstructor ``spec`` into ``model``; only modules it lacks may stay fresh."""
+def warm_start(model: TriplaneReconstructor, spec: str, fresh_decoder: bool = False) -> None:
+    """Copy the weights of reconstructor ``spec`` into ``model``; only modules it lacks may stay fresh (and
+    the decoder, with ``fresh_decoder``). A plane lift trained on RGB grows to read alpha when ``model``'s
+    does (``lift.plane_lift_state_with_alpha``: the grown lift starts as the old one)."""
     from triflow3d.encoders import load_reconstructor
 
-    source = load_reconstructor(spec).state_dict()
+    source = grown_state(load_reconstructor(spec), model)
+    if fresh_decoder:
+        source = {k: v for k, v in source.items() if not k.startswith(DECODER_PREFIX)}
     target = model.state_dict()
     extra = sorted(set(source) - set(target))
     shapes = sorted(k for k in set(source) & set(target) if source[k].shape != target[k].shape)
@@ -192,6 +199,19 @@ def warm_start(model: TriplaneReconstructor, spec: str) -> None:
             f"--init {spec}: does not fit the model (unexpected {extra[:3]}, shapes {shapes[:3]})"
         )
     model.load_state_dict(source, strict=False)
+
+
+DECODER_PREFIX = "synthesizer.decoder."
+
+
+def grown_state(source: TriplaneReconstructor, target: TriplaneReconstructor) -> dict[str, torch.Tensor]:
+    """``source``'s state dict, its plane lift grown to read alpha when only ``target``'s does."""
+    state = source.state_dict()
+    if target.config.input_alpha and not source.config.input_alpha and source.config.plane_lift_depth:
+        from triflow3d.encoders.lift import plane_lift_state_with_alpha
+
+        state = plane_lift_state_with_alpha(state, "plane_lift.", source.config.plane_lift_depth)
+    return state
 
 
 def occupancy_term(
@@ -229,7 +249,7 @@ class Trainer:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model = build_reconstructor(model_config, encoder_id=encoder_id, seed=cfg.seed).train()
         if cfg.init and not resuming:  # a resumed run's weights come from its checkpoint (load())
-            warm_start(self.model, cfg.init)
+            warm_start(self.model, cfg.init, cfg.fresh_decoder)
         self.model.to(device)
         if cfg.freeze_decoder:
             self.model.synthesizer.requires_grad_(False)
