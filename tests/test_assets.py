@@ -345,7 +345,17 @@ def test_iter_asset_files(tmp_path):
         assert iter_asset_files([tmp_path / "b/z.mtl"]) == []
     with pytest.raises(AssetError, match="no such"):
         iter_asset_files([tmp_path / "nope"])
-    assert set(SUPPORTED_EXTENSIONS) == {".glb", ".gltf", ".obj", ".ply", ".stl", ".off", ".fbx", ".dae", ".3ds"}
+    assert set(SUPPORTED_EXTENSIONS) == {
+        ".glb",
+        ".gltf",
+        ".obj",
+        ".ply",
+        ".stl",
+        ".off",
+        ".fbx",
+        ".dae",
+        ".3ds",
+    }
 
 
 # --- normalisation -------------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ def _scene(root, geometry: dict[int, tuple[str, trimesh.Trimesh]]) -> trimesh.Sc
             name, mesh = geometry[i]
             node_name = f"{node.name}#{len(out.graph.nodes)}"
             if name in out.geometry:  # another instance of the same mesh
-                out.graph.update(frame_from=out.graph.base_frame, frame_to=node_name, matrix=matrix, geometry=name)
+                out.graph.update(
+                    frame_from=out.graph.base_frame, frame_to=node_name, matrix=matrix, geometry=name
+                )
             else:
                 out.add_geometry(mesh, geom_name=name, node_name=node_name, transform=matrix)
         stack += [(child, matrix) for child in reversed(node.children)]

@@ -425,7 +425,9 @@ def load_asset(
     asset = Asset(parts=tuple(parts), source=str(path), meta=meta)
     if not np.isfinite(asset.all_vertices()).all():
         raise AssetError(
-            path, "non-finite vertex coordinates after applying the scene-graph transforms", "invalid geometry"
+            path,
+            "non-finite vertex coordinates after applying the scene-graph transforms",
+            "invalid geometry",
         )
     return asset
 
