@@ -44,6 +44,7 @@ def _assert_renders_like(renderer, path: Path, plain: Path) -> tuple[float, floa
     iou = float((mask & ref_mask).sum() / (mask | ref_mask).sum())
     both = mask & ref_mask
     colour = float(np.abs(rgb[both].mean(0) - ref_rgb[both].mean(0)).max())
+    print(f"{path.name} vs {plain.name}: silhouette IoU {iou:.4f}, colour difference {colour:.4f}")  # -s
     assert iou >= 0.95 and colour <= 0.04, (path.name, iou, colour)
     return iou, colour
 
