@@ -107,7 +107,9 @@ def main() -> None:
         f"cpus: {os.cpu_count()}, load average {load:.1f}, LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS', 'unset')}"
     )
     for fmt, (direct, isolated) in bench_load(asset, args.repeats).items():
-        print(f"load {fmt:4s} {1000 * direct:6.1f} ms (load_asset), {1000 * isolated:6.1f} ms (load_asset_isolated)")
+        print(
+            f"load {fmt:4s} {1000 * direct:6.1f} ms (load_asset), {1000 * isolated:6.1f} ms (load_asset_isolated)"
+        )
     for backend in args.backends.split(","):
         try:
             r = bench(backend, asset, args.size, args.repeats)
