@@ -302,3 +302,17 @@ def test_malformed_new_formats_are_rejected_within_the_time_limit(tmp_path):
             load_asset_isolated(path, timeout_s=30)
         assert time.monotonic() - start < 30 and info.value.path == str(path)
         assert info.value.kind in ("unreadable", "invalid"), (path.name, info.value)
+
+
+def test_render_stage_names_why_a_loaded_asset_showed_nothing(tmp_path, renderer):
+    from triflow3d.render.views import Source, ViewsConfig, render_source
+
+    glass = trimesh.creation.box((1.0, 0.5, 0.3))
+    glass.visual = trimesh.visual.TextureVisuals(
+        material=trimesh.visual.material.PBRMaterial(baseColorFactor=[255, 255, 255, 0], alphaMode="BLEND")
+    )
+    glass.export(tmp_path / "glass.glb")
+    cfg = ViewsConfig(rig="orbit:2", size=16)
+    with pytest.raises(AssetError, match="every material is transparent") as info:
+        render_source(renderer, Source("glass", tmp_path / "glass.glb"), cfg, tmp_path / "out")
+    assert info.value.kind == "rendered nothing"

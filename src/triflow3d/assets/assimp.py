@@ -96,6 +96,8 @@ def import_scene(path: Path, resolver, notes: list[str]) -> trimesh.Scene:
         scene = assimp_py.import_file(path.name, _flags(assimp_py))
     except Exception as e:
         reason = str(e).replace(f"'{path.name}'", "the file")[:300]
+        if "No suitable reader" in reason and path.suffix.lower() in (".gltf", ".glb"):
+            reason = "not readable as glTF 1.0; a buffer it references may be missing or short"
         raise AssetError(path, f"could not parse the file (assimp: {reason})", "unreadable") from None
     finally:
         os.chdir(cwd)
