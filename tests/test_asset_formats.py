@@ -9,6 +9,7 @@ of the pixels both cover within 0.04.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import struct
@@ -248,16 +249,22 @@ def test_assimp_formats_load_and_render_like_the_glb(name, plain, renderer):
     _assert_renders_like(renderer, DATA / name, DATA / plain)
 
 
-def test_gltf1_embedded_texture_is_named_in_a_warning(tmp_path):
-    for f in ("textured.bin", "material_0.png"):
-        shutil.copy(DATA / f, tmp_path / f)
+def test_gltf1_embedded_texture_is_found_in_the_file(tmp_path, renderer):
+    shutil.copy(DATA / "textured.bin", tmp_path / "textured.bin")
     tree = json.loads((DATA / "textured.gltf").read_text())
     image = next(iter(tree["images"].values()))
-    image["uri"] = (
-        "data:image/png;base64," + __import__("base64").b64encode((DATA / image["uri"]).read_bytes()).decode()
-    )
-    path = tmp_path / "embedded.gltf"
+    image["uri"] = "data:image/png;base64," + base64.b64encode((DATA / image["uri"]).read_bytes()).decode()
+    path = tmp_path / "embedded.gltf"  # no PNG beside it: the texture can only come from the data URI
     path.write_text(json.dumps(tree))
+    part = load_asset(path).parts[0]
+    np.testing.assert_array_equal(part.texture, load_asset(DATA / "textured.glb").parts[0].texture)
+    _assert_renders_like(renderer, path, DATA / "textured.glb")
+
+
+def test_fbx_embedded_texture_is_named_in_a_warning(tmp_path):
+    text = (DATA / "textured.fbx").read_text()
+    path = tmp_path / "embedded.fbx"  # its texture named "*0": embedded, which assimp-py cannot hand over
+    path.write_text(text.replace('"material_0.png"', '"*0"'))
     with pytest.warns(UserWarning, match="embedded texture"):
         asset = load_asset(path)
     assert asset.num_faces == 24 and asset.parts[0].texture is None

@@ -5,7 +5,8 @@ validation, flattening and colour handling of ``load.py``. assimp is C++ and may
 so ``load.py`` calls :func:`import_scene` only inside a child process; the function also changes the
 working directory for the call (assimp 5.4's glTF 1.0 reader recognises a file only when it is named
 without a folder).
-Embedded textures are not exposed by assimp-py: such parts keep their material colour, with a warning.
+assimp-py does not expose embedded textures: glTF 1.0 ones are found by ``gltf.gltf1_embedded_images``;
+other parts with one (FBX) keep their material colour, with a warning.
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ def _flags(assimp_py) -> int:
     )
 
 
-def _image(name: str, resolver, notes: list[str], material: str) -> PIL.Image.Image | None:
+def _image(name: str, resolver, notes: list[str], material: str, embedded: dict) -> PIL.Image.Image | None:
     """A texture named by a material, read below the asset's folder (the resolver records failures)."""
+    if name.startswith("*") and material in embedded:
+        try:
+            return PIL.Image.open(io.BytesIO(embedded[material]))
+        except Exception:
+            notes.append(f"embedded texture of material {material!r} cannot be decoded; dropped")
+            return None
     if name.startswith("*"):
         notes.append(
             f"embedded texture {name} of material {material!r} is not readable through assimp-py; "
@@ -48,7 +55,9 @@ def _image(name: str, resolver, notes: list[str], material: str) -> PIL.Image.Im
         return None
 
 
-def _material(mat: dict, resolver, notes: list[str]) -> trimesh.visual.material.SimpleMaterial:
+def _material(
+    mat: dict, resolver, notes: list[str], embedded: dict
+) -> trimesh.visual.material.SimpleMaterial:
     """assimp material properties -> a SimpleMaterial (diffuse colour with opacity, colour texture)."""
     name = str(mat.get("NAME", ""))
     color = [float(c) for c in (mat.get("COLOR_BASE") or mat.get("COLOR_DIFFUSE") or [1.0, 1.0, 1.0])]
@@ -60,7 +69,7 @@ def _material(mat: dict, resolver, notes: list[str]) -> trimesh.visual.material.
         notes.append(f"material {name!r} has opacity 0; treated as opaque")
     textures = mat.get("TEXTURES") or {}
     names = textures.get(_BASE_COLOR) or textures.get(_DIFFUSE) or []
-    image = _image(str(names[0]), resolver, notes, name) if names else None
+    image = _image(str(names[0]), resolver, notes, name, embedded) if names else None
     return trimesh.visual.material.SimpleMaterial(image=image, diffuse=rgba, name=name)
 
 
@@ -82,8 +91,11 @@ def _geometry(mesh, material) -> trimesh.Trimesh | None:
     return out
 
 
-def import_scene(path: Path, resolver, notes: list[str]) -> trimesh.Scene:
-    """Import ``path`` with assimp into a trimesh scene (node transforms and instancing kept)."""
+def import_scene(path: Path, resolver, notes: list[str], embedded: dict | None = None) -> trimesh.Scene:
+    """Import ``path`` with assimp into a trimesh scene (node transforms and instancing kept).
+
+    ``embedded``: {material name: image bytes} for textures the caller found inside the file.
+    """
     try:
         import assimp_py
     except ImportError:
@@ -101,7 +113,7 @@ def import_scene(path: Path, resolver, notes: list[str]) -> trimesh.Scene:
         raise AssetError(path, f"could not parse the file (assimp: {reason})", "unreadable") from None
     finally:
         os.chdir(cwd)
-    materials = [_material(m, resolver, notes) for m in scene.materials]
+    materials = [_material(m, resolver, notes, embedded or {}) for m in scene.materials]
     geometry = {}
     for i, mesh in enumerate(scene.meshes):
         if 0 <= mesh.material_index < len(materials):

@@ -16,6 +16,7 @@ A file that needs none of this is handed to trimesh untouched (no rewrite, no ex
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import struct
@@ -162,6 +163,40 @@ def check_decoded(path: Path, messages: list[str]) -> None:
     if any("didn't decode" in m for m in messages):
         why = "; ".join(m for m in messages if "extension" in m)
         raise AssetError(path, f"no geometry decoded: {why}", "no geometry")
+
+
+def gltf1_embedded_images(path: Path, tree: dict) -> dict[str, bytes]:
+    """{material id: image bytes} of glTF 1.0 diffuse textures stored in the file (data URI or binary body).
+
+    assimp names the material by its id but hands embedded images over only as "*N", which assimp-py
+    cannot resolve; the id leads back to the image here.
+    """
+    out = {}
+    for ident, material in (tree.get("materials") or {}).items():
+        values = material.get("values") or {} if isinstance(material, dict) else {}
+        common = (material.get("extensions") or {}).get("KHR_materials_common") or {}
+        diffuse = values.get("diffuse", (common.get("values") or {}).get("diffuse"))
+        texture = (tree.get("textures") or {}).get(diffuse) if isinstance(diffuse, str) else None
+        image = (tree.get("images") or {}).get(texture.get("source")) if isinstance(texture, dict) else None
+        data = _gltf1_image_bytes(path, tree, image) if isinstance(image, dict) else None
+        if data:
+            out[str(ident)] = data
+    return out
+
+
+def _gltf1_image_bytes(path: Path, tree: dict, image: dict) -> bytes | None:
+    uri = image.get("uri")
+    if isinstance(uri, str) and uri.startswith("data:") and "," in uri:
+        head, payload = uri.split(",", 1)
+        return base64.b64decode(payload) if head.endswith(";base64") else unquote(payload).encode()
+    view_id = ((image.get("extensions") or {}).get("KHR_binary_glTF") or {}).get("bufferView")
+    view = (tree.get("bufferViews") or {}).get(view_id)
+    if not isinstance(view, dict) or path.suffix.lower() != ".glb":
+        return None
+    raw = path.read_bytes()
+    body = 20 + struct.unpack("<I", raw[12:16])[0]  # GLB 1: 20-byte header, JSON content, then the body
+    start = body + int(view.get("byteOffset", 0))
+    return raw[start : start + int(view.get("byteLength", 0))] or None
 
 
 # --- rewriting ------------------------------------------------------------------------------------------

@@ -370,8 +370,8 @@ def _plain_obj_with_vertex_colors(path: Path, parts: list[MeshPart]) -> bool:
         return _OBJ_COLOR_VERTEX.search(f.read(1 << 20)) is not None
 
 
-def _prepare(path: Path, size: int, notes: list[str]) -> tuple[str, bytes | None]:
-    """("trimesh" | "assimp", rewritten file bytes or None): the glTF checks and rewrite happen here."""
+def _prepare(path: Path, size: int, notes: list[str]) -> tuple[str, bytes | dict | None]:
+    """("trimesh", rewritten glTF bytes or None) or ("assimp", embedded glTF 1.0 images or None)."""
     ext = path.suffix.lower()
     if ext in assimp.ASSIMP_EXTENSIONS:
         return "assimp", None
@@ -380,7 +380,7 @@ def _prepare(path: Path, size: int, notes: list[str]) -> tuple[str, bytes | None
     version, tree = gltf.read_json(path, size)
     gltf.check_uris(path, tree)
     if version == 1:  # trimesh reads glTF 2.0 only
-        return "assimp", None
+        return "assimp", gltf.gltf1_embedded_images(path, tree)
     notes += gltf.check_extensions(path, tree)
     return "trimesh", gltf.pack(path, tree) if gltf.rewrite(tree) else None
 
@@ -403,7 +403,7 @@ def load_asset(
     up = _resolve_up_axis(path, up_axis)
     size = _check_file(path, max_bytes)
     notes: list[str] = []
-    reader, source = _prepare(path, size, notes)
+    reader, prepared = _prepare(path, size, notes)
     if reader == "assimp" and not _IN_CHILD:
         kwargs = dict(max_bytes=max_bytes, max_faces=max_faces, up_axis=up_axis)
         return _isolated(path, None, {**kwargs, "allow_missing_textures": allow_missing_textures})
@@ -411,9 +411,9 @@ def load_asset(
     frame = Y_UP_TO_Z_UP if up == "y" else np.eye(4)
     problems: list[str] = []
     if reader == "assimp":
-        scene = assimp.import_scene(path, resolver, notes)
+        scene = assimp.import_scene(path, resolver, notes, prepared)
     else:
-        scene = _load_scene(path, resolver, source)
+        scene = _load_scene(path, resolver, prepared)
     parts = _parts(path, scene, max_faces, frame, problems)
     if path.suffix.lower() == ".obj" and _plain_obj_with_vertex_colors(path, parts):
         # trimesh drops `v x y z r g b` colours when an MTL material is present: reload without materials
