@@ -211,6 +211,20 @@ def test_quantized_attributes_are_dequantized(tmp_path):
     np.testing.assert_allclose(part.uv, [[0, 0], [1, 0], [0, 1]], atol=1e-6)
 
 
+def test_malformed_extension_data_is_an_asset_error(tmp_path):
+    def bad_transform(tree: dict) -> None:
+        info = tree["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"]
+        info["extensions"] = {"KHR_texture_transform": {"offset": [1, 2, 3]}}
+
+    def bad_lists(tree: dict) -> None:
+        tree["extensionsUsed"] = 5
+
+    for name, edit in (("transform.glb", bad_transform), ("lists.glb", bad_lists)):
+        with pytest.raises(AssetError, match="malformed glTF") as info:
+            load_asset(_export(tmp_path / name, edit))
+        assert info.value.kind == "unreadable"
+
+
 def test_extension_policy_error_for_required_warning_for_ignored(tmp_path):
     def required(tree: dict) -> None:
         tree["extensionsUsed"] = tree["extensionsRequired"] = ["EXT_meshopt_compression"]

@@ -158,11 +158,13 @@ def trimesh_log() -> Iterator[list[str]]:
         logger.setLevel(level)
 
 
-def check_decoded(path: Path, messages: list[str]) -> None:
-    """A primitive whose compressed data did not decode would load as zeros: refuse the file instead."""
+def check_decoded(path: Path, messages: list[str]) -> list[str]:
+    """Refuse a file whose compressed geometry did not decode (it would load as zeros); return the other
+    extension failures trimesh logged, as warnings."""
+    failures = [m for m in messages if "extension" in m]
     if any("didn't decode" in m for m in messages):
-        why = "; ".join(m for m in messages if "extension" in m)
-        raise AssetError(path, f"no geometry decoded: {why}", "no geometry")
+        raise AssetError(path, f"no geometry decoded: {'; '.join(failures)}", "no geometry")
+    return failures
 
 
 def gltf1_embedded_images(path: Path, tree: dict) -> dict[str, bytes]:

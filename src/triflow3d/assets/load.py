@@ -13,6 +13,7 @@ import io
 import multiprocessing as mp
 import os
 import re
+import struct
 import warnings
 from collections.abc import Iterable
 from dataclasses import replace
@@ -138,8 +139,10 @@ def _resolve_up_axis(path: Path, up_axis: str) -> str:
 # --- trimesh scene -> parts -------------------------------------------------------------------------
 
 
-def _load_scene(path: Path, resolver: _Resolver, source: bytes | None = None, **kwargs) -> trimesh.Scene:
-    """trimesh's scene of ``path`` (or of ``source``, its rewritten bytes)."""
+def _load_scene(
+    path: Path, resolver: _Resolver, notes: list[str], source: bytes | None = None, **kwargs
+) -> trimesh.Scene:
+    """trimesh's scene of ``path`` (or of ``source``, its rewritten bytes); extension trouble -> ``notes``."""
     ext = path.suffix.lower()
     if source is None and ext in (".obj", ".off"):  # text formats: make sure trimesh gets UTF-8
         raw = path.read_bytes()
@@ -171,7 +174,7 @@ def _load_scene(path: Path, resolver: _Resolver, source: bytes | None = None, **
         raise AssetError(
             path, f"could not parse the file ({type(e).__name__}: {str(e)[:200]})", "unreadable"
         ) from None
-    gltf.check_decoded(path, logged)
+    notes += gltf.check_decoded(path, logged)
     if not isinstance(scene, trimesh.Scene):
         raise AssetError(path, f"the loader returned {type(scene).__name__}, not a scene", "unreadable")
     return scene
@@ -378,11 +381,15 @@ def _prepare(path: Path, size: int, notes: list[str]) -> tuple[str, bytes | dict
     if ext not in (".glb", ".gltf"):
         return "trimesh", None
     version, tree = gltf.read_json(path, size)
-    gltf.check_uris(path, tree)
-    if version == 1:  # trimesh reads glTF 2.0 only
-        return "assimp", gltf.gltf1_embedded_images(path, tree)
-    notes += gltf.check_extensions(path, tree)
-    return "trimesh", gltf.pack(path, tree) if gltf.rewrite(tree) else None
+    try:
+        gltf.check_uris(path, tree)
+        if version == 1:  # trimesh reads glTF 2.0 only
+            return "assimp", gltf.gltf1_embedded_images(path, tree)
+        notes += gltf.check_extensions(path, tree)
+        return "trimesh", gltf.pack(path, tree) if gltf.rewrite(tree) else None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, struct.error) as e:
+        reason = f"malformed glTF structure ({type(e).__name__}: {str(e)[:200]})"
+        raise AssetError(path, reason, "unreadable") from None
 
 
 def load_asset(
@@ -404,20 +411,22 @@ def load_asset(
     size = _check_file(path, max_bytes)
     notes: list[str] = []
     reader, prepared = _prepare(path, size, notes)
-    if reader == "assimp" and not _IN_CHILD:
+    if reader == "assimp" and not _IN_CHILD:  # the same call again, in a child process
         kwargs = dict(max_bytes=max_bytes, max_faces=max_faces, up_axis=up_axis)
-        return _isolated(path, None, {**kwargs, "allow_missing_textures": allow_missing_textures})
+        return _isolated(path, None, kwargs | {"allow_missing_textures": allow_missing_textures})
     resolver = _Resolver(path, budget=max_bytes - size)
     frame = Y_UP_TO_Z_UP if up == "y" else np.eye(4)
     problems: list[str] = []
     if reader == "assimp":
         scene = assimp.import_scene(path, resolver, notes, prepared)
     else:
-        scene = _load_scene(path, resolver, prepared)
+        scene = _load_scene(path, resolver, notes, prepared)
     parts = _parts(path, scene, max_faces, frame, problems)
     if path.suffix.lower() == ".obj" and _plain_obj_with_vertex_colors(path, parts):
         # trimesh drops `v x y z r g b` colours when an MTL material is present: reload without materials
-        parts = _parts(path, _load_scene(path, resolver, skip_materials=True), max_faces, frame, problems)
+        parts = _parts(
+            path, _load_scene(path, resolver, notes, skip_materials=True), max_faces, frame, problems
+        )
     _check_references(path, resolver, problems, allow_missing_textures)
     for note in notes:
         warnings.warn(note if note.startswith(str(path)) else f"{path}: {note}", stacklevel=2)
@@ -464,10 +473,13 @@ def _stop(proc: mp.process.BaseProcess) -> None:
 
 def _isolated(path: str | os.PathLike, timeout_s: float | None, kwargs: dict) -> Asset:
     """``load_asset(path, **kwargs)`` in a child process; killed after ``timeout_s`` (None: no limit)."""
-    if mp.current_process().daemon:  # a daemonic process may not have children: load here
-        global _IN_CHILD
-        _IN_CHILD = True
-        return load_asset(path, **kwargs)
+    global _IN_CHILD
+    if mp.current_process().daemon:  # a daemonic process may not have children: load here, unguarded
+        inside, _IN_CHILD = _IN_CHILD, True
+        try:
+            return load_asset(path, **kwargs)
+        finally:
+            _IN_CHILD = inside
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_load_in_child, args=(sender, str(path), kwargs), daemon=True)
