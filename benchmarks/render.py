@@ -3,19 +3,25 @@
     .venv/bin/python benchmarks/render.py [--size 320] [--repeats 5] [--backends egl,raycast]
 
 Each timed call renders the whole rig (6 views) of the asset, including uploading it; the renderer
-(GL context) is created once beforehand and its first call is reported separately as warm-up.
+(GL context) is created once beforehand and its first call is reported separately as warm-up. The same
+mesh is also saved as GLB, OBJ (+ MTL, PNG) and PLY and loaded back (``load_asset`` in this process, and
+``load_asset_isolated`` as the render stage does): the median seconds per file are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import trimesh
 
+from triflow3d.assets import load_asset, load_asset_isolated
+from triflow3d.assets.export import save_mesh
 from triflow3d.assets.types import Asset, MeshPart
 from triflow3d.cameras import zero123pp_rig
 from triflow3d.render import make_renderer
@@ -66,6 +72,25 @@ def bench(backend: str, asset: Asset, size: int, repeats: int) -> dict:
     }
 
 
+def bench_load(asset: Asset, repeats: int) -> dict[str, tuple[float, float]]:
+    """{format: (median s of load_asset, median s of load_asset_isolated)} of the asset saved in that format."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for suffix in (".glb", ".obj", ".ply"):
+            path = Path(tmp) / f"sphere{suffix}"
+            save_mesh(asset, path)
+            times = {}
+            for name, load in (("direct", load_asset), ("isolated", load_asset_isolated)):
+                walls = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    load(path)
+                    walls.append(time.perf_counter() - t)
+                times[name] = float(np.median(walls))
+            out[suffix[1:]] = (times["direct"], times["isolated"])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=320)
@@ -81,6 +106,10 @@ def main() -> None:
     print(
         f"cpus: {os.cpu_count()}, load average {load:.1f}, LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS', 'unset')}"
     )
+    for fmt, (direct, isolated) in bench_load(asset, args.repeats).items():
+        print(
+            f"load {fmt:4s} {1000 * direct:6.1f} ms (load_asset), {1000 * isolated:6.1f} ms (load_asset_isolated)"
+        )
     for backend in args.backends.split(","):
         try:
             r = bench(backend, asset, args.size, args.repeats)

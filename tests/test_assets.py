@@ -233,8 +233,8 @@ def test_glb_round_trip_through_writer(tmp_path):
 # --- bad input --------------------------------------------------------------------------------------
 
 
-def _bad_cases(tmp: Path) -> list[tuple[Path, str, dict]]:
-    """(file, a word the reason must contain, load_asset kwargs)."""
+def _bad_cases(tmp: Path) -> list[tuple[Path, str, str, dict]]:
+    """(file, a word the reason must contain, the error kind, load_asset kwargs)."""
     good = _glb(TRIANGLE, np.array([[0, 1, 2]]))
     nan = TRIANGLE.copy()
     nan[1, 2] = np.nan
@@ -243,42 +243,48 @@ def _bad_cases(tmp: Path) -> list[tuple[Path, str, dict]]:
     tri_obj = "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\nf 3 2 1\n"
     cloud = trimesh.PointCloud(np.random.default_rng(0).normal(size=(9, 3))).export(file_type="ply")
     cases = [
-        ("empty.glb", b"", "empty", {}),
-        ("empty.obj", b"", "empty", {}),
-        ("garbage.glb", os.urandom(512), "glTF", {}),
-        ("garbage.ply", b"\x00\xff" * 300, "parse", {}),
-        ("garbage.stl", bytes(range(256)) * 3, "parse", {}),
-        ("garbage.gltf", b"{not json", "JSON", {}),
-        ("truncated.glb", good[: len(good) // 2], "truncated", {}),
-        ("points.ply", cloud, "no triangle", {}),
-        ("lines.obj", "v 0 0 0\nv 1 1 1\nl 1 2\n", "no triangle", {}),
-        ("range.glb", _glb(TRIANGLE, np.array([[0, 1, 7]])), "out of range", {}),
-        ("range.off", "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n", "range", {}),
-        ("nan.glb", _glb(nan, np.array([[0, 1, 2]])), "non-finite", {}),
-        ("inf.obj", "v 0 0 inf\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "non-finite", {}),
-        ("notex.obj", uv_obj, "gone.png", {}),
-        ("model.fbx", b"whatever", "unsupported", {}),
-        ("big.obj", tri_obj, "limit", {"max_bytes": 16}),
-        ("many.obj", tri_obj, "faces", {"max_faces": 1}),
-        ("v1.gltf", json.dumps({"asset": {"version": "1.0"}, "meshes": {"m": {}}}), "glTF 1.0", {}),
-        ("v1.glb", struct.pack("<4sII", b"glTF", 1, 20) + b"\0" * 8, "glTF 1.0", {}),
-        ("missing.stl", None, "no such file", {}),
+        ("empty.glb", b"", "empty", "unreadable", {}),
+        ("empty.obj", b"", "empty", "unreadable", {}),
+        ("garbage.glb", os.urandom(512), "glTF", "unreadable", {}),
+        ("garbage.ply", b"\x00\xff" * 300, "parse", "unreadable", {}),
+        ("garbage.stl", bytes(range(256)) * 3, "parse", "unreadable", {}),
+        ("garbage.gltf", b"{not json", "JSON", "unreadable", {}),
+        ("truncated.glb", good[: len(good) // 2], "truncated", "unreadable", {}),
+        ("points.ply", cloud, "no triangle", "no geometry", {}),
+        ("lines.obj", "v 0 0 0\nv 1 1 1\nl 1 2\n", "no geometry decoded", "no geometry", {}),
+        ("range.glb", _glb(TRIANGLE, np.array([[0, 1, 7]])), "out of range", "invalid geometry", {}),
+        ("range.off", "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n", "range", "unreadable", {}),
+        ("nan.glb", _glb(nan, np.array([[0, 1, 2]])), "non-finite", "invalid geometry", {}),
+        ("inf.obj", "v 0 0 inf\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "non-finite", "invalid geometry", {}),
+        ("notex.obj", uv_obj, "gone.png", "missing file", {}),
+        ("model.usdz", b"whatever", "unsupported", "unsupported format", {}),
+        ("scene.blend", b"BLENDER", "export it to glTF", "unsupported format", {}),
+        ("model.fbx", b"whatever", "could not parse", "unreadable", {}),
+        ("big.obj", tri_obj, "limit", "too large", {"max_bytes": 16}),
+        ("many.obj", tri_obj, "faces", "too large", {"max_faces": 1}),
+        ("v3.gltf", json.dumps({"asset": {"version": "3.0"}}), "version", "unsupported format", {}),
+        ("v1.glb", struct.pack("<4sII", b"glTF", 1, 20) + b"\0" * 8, "JSON", "unreadable", {}),
+        ("missing.stl", None, "no such file", "missing file", {}),
     ]
-    return [(tmp / n, word, kw) if d is None else (_write(tmp / n, d), word, kw) for n, d, word, kw in cases]
+    return [
+        (tmp / n, word, kind, kw) if d is None else (_write(tmp / n, d), word, kind, kw)
+        for n, d, word, kind, kw in cases
+    ]
 
 
 def test_bad_inputs_raise_asset_error_naming_the_file(tmp_path):
     cases = _bad_cases(tmp_path)
-    for path, word, kwargs in cases:
+    for path, word, kind, kwargs in cases:
         with pytest.raises(AssetError) as info:
             load_asset(path, **kwargs)
         assert info.value.path == str(path), path
         assert word.lower() in info.value.reason.lower(), (path.name, info.value.reason)
+        assert info.value.kind == kind, (path.name, info.value.kind, info.value.reason)
         assert str(path) in str(info.value)
 
 
 def test_missing_texture_allowed_drops_it_with_a_warning(tmp_path):
-    path = next(p for p, _, _ in _bad_cases(tmp_path) if p.name == "notex.obj")
+    path = next(p for p, *_ in _bad_cases(tmp_path) if p.name == "notex.obj")
     with pytest.warns(UserWarning, match="gone.png"):
         asset = load_asset(path, allow_missing_textures=True)
     assert asset.num_faces == 1 and asset.parts[0].texture is None
@@ -302,7 +308,7 @@ def test_isolated_load_matches_and_forwards_errors_and_warnings(tmp_path):
     bad = _write(tmp_path / "bad.ply", b"\x00" * 64)
     with pytest.raises(AssetError, match="bad.ply"):
         load_asset_isolated(bad, timeout_s=30)
-    notex = next(p for p, _, _ in _bad_cases(tmp_path) if p.name == "notex.obj")
+    notex = next(p for p, *_ in _bad_cases(tmp_path) if p.name == "notex.obj")
     with pytest.warns(UserWarning, match="gone.png"):
         load_asset_isolated(notex, timeout_s=30, allow_missing_textures=True)
 
@@ -339,7 +345,17 @@ def test_iter_asset_files(tmp_path):
         assert iter_asset_files([tmp_path / "b/z.mtl"]) == []
     with pytest.raises(AssetError, match="no such"):
         iter_asset_files([tmp_path / "nope"])
-    assert set(SUPPORTED_EXTENSIONS) == {".glb", ".gltf", ".obj", ".ply", ".stl", ".off"}
+    assert set(SUPPORTED_EXTENSIONS) == {
+        ".glb",
+        ".gltf",
+        ".obj",
+        ".ply",
+        ".stl",
+        ".off",
+        ".fbx",
+        ".dae",
+        ".3ds",
+    }
 
 
 # --- normalisation -------------------------------------------------------------------------------------

@@ -310,30 +310,22 @@ def test_random_rig_cameras_differ_per_asset_but_are_reproducible():
 
 @needs_loader
 def test_cli_exit_code_rule(tmp_path, capsys):
+    """Exit 1 when any input failed; stop at the first failure unless --keep-going (docs/assets.md)."""
     from triflow3d.cli import main
 
     (tmp_path / "bad1.glb").write_bytes(b"nope")
     (tmp_path / "bad2.obj").write_text("f 1 2 3\n")
+    bad = [str(tmp_path / "bad1.glb"), str(tmp_path / "bad2.obj")]
     common = ["--size", "16", "--rig", "orbit:1", "--backend", "raycast"]
-    assert (
-        main(
-            [
-                "render",
-                str(tmp_path / "bad1.glb"),
-                str(tmp_path / "bad2.obj"),
-                "--out",
-                str(tmp_path / "o1"),
-                *common,
-            ]
-        )
-        == 1
-    )
+    assert main(["render", *bad, "--out", str(tmp_path / "o1"), *common]) == 1
     err = capsys.readouterr().err
-    assert err.count("failed:") == 2 and "bad1.glb" in err
+    assert err.count("failed:") == 1 and "bad1.glb" in err and "1 input(s) not attempted" in err
+    assert main(["render", *bad, "--out", str(tmp_path / "o1k"), *common, "--keep-going"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("failed:") == 2 and "2 failed (1 no geometry, 1 unreadable)" in captured.out
     good = _glb(tmp_path / "good.glb")
-    assert (
-        main(["render", str(good), str(tmp_path / "bad1.glb"), "--out", str(tmp_path / "o2"), *common]) == 0
-    )
+    assert main(["render", str(good), bad[0], "--out", str(tmp_path / "o2"), *common, "--keep-going"]) == 1
     assert "1 rendered" in capsys.readouterr().out
+    assert main(["render", str(good), "--out", str(tmp_path / "o2"), *common]) == 0  # already done
     assert main(["render", str(good), "--out", str(tmp_path / "o3"), "--rig", "spiral"]) == 1
     assert "rig" in capsys.readouterr().err

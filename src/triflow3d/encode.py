@@ -13,7 +13,6 @@ import argparse
 import csv
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from triflow3d import conventions as cv
 from triflow3d.data import latents as lt
 from triflow3d.data.views import ViewsFolder, is_zero123pp
 from triflow3d.errors import ConfigError, TriflowError
+from triflow3d.utils.batch import add_keep_going, exit_status, report_failure
 from triflow3d.utils.io import dist_rank_world, shard
 from triflow3d.utils.progress import progress_bar
 
@@ -96,6 +96,7 @@ class EncodeSummary:
     encoded: int = 0
     skipped: int = 0
     failed: int = 0
+    not_attempted: int = 0  # left out by a stop at the first failure
     no_caption: int = 0
     shards: int = 0
     seconds: float = 0.0
@@ -162,8 +163,12 @@ def encode_folder(
     captions: dict[str, str] | None = None,
     device: str = "cpu",
     progress: bool | None = None,
+    keep_going: bool = True,
 ) -> EncodeSummary:
-    """Encode this rank's share of a views folder into ``out`` (skipping finished objects)."""
+    """Encode this rank's share of a views folder into ``out`` (skipping finished objects).
+
+    Without ``keep_going`` the first batch with a failed object is the last one encoded.
+    """
     t0 = time.perf_counter()
     out = Path(out)
     views = ViewsFolder(views_dir)
@@ -195,6 +200,9 @@ def encode_folder(
             while len(pending.rows) >= shard_size:
                 _flush(out, rank, pending, shard_size, DTYPES[dtype], info, s)
             bar.update(task, advance=len(todo[b : b + batch]), status=f"{len(s.failures)} failed")
+            if s.failures and not keep_going:
+                s.not_attempted = max(len(todo) - b - batch, 0)
+                break
     _flush(out, rank, pending, shard_size, DTYPES[dtype], info, s)
     s.failed = len(s.failures)
     s.merged = maybe_merge(out, views.ids)
@@ -235,6 +243,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--captions", help="CSV (uid,caption) or JSONL {id, caption} overriding manifest captions")
     p.add_argument("--allow-random", action="store_true", help="run with random weights (timing only)")
+    add_keep_going(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -255,11 +264,11 @@ def run(args: argparse.Namespace) -> int:
     captions = load_captions(args.captions) if args.captions else None
     s = encode_folder(
         model, args.views, args.out, rank=rank, world_size=world, dtype=args.dtype, batch=args.batch,
-        shard_size=args.shard_size, captions=captions, device=args.device,
+        shard_size=args.shard_size, captions=captions, device=args.device, keep_going=args.keep_going,
     )  # fmt: skip
     for f in s.failures:
-        print(f"failed: {f['id']}: {f['error']}", file=sys.stderr)
+        report_failure(f["id"], f["error"])
     summary = {k: v for k, v in vars(s).items() if k != "failures"}
     summary["objects_per_s"] = round(s.encoded / max(s.seconds, 1e-9), 3)
     print(json.dumps(summary))
-    return 0
+    return exit_status(s.failed, s.not_attempted)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from triflow3d.errors import ConfigError
+from triflow3d.errors import ConfigError, TriflowError
 from triflow3d.export import FORMATS, ExportOptions, export_generated, parse_formats, write_info
 from triflow3d.pipeline import RENDERERS, TextTo3DPipeline
+from triflow3d.utils.batch import add_keep_going, exit_status, report_failure
 from triflow3d.utils.device import resolve_device
 from triflow3d.utils.io import append_jsonl, atomic_path
 from triflow3d.utils.progress import progress_bar
@@ -59,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the TriFlow forward (faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_keep_going(p)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -132,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"loaded {args.model or 'the shipped model'} in {time.perf_counter() - start:.1f} s", file=sys.stderr
     )
+    failed = 0
     with warnings.catch_warnings(record=True) as caught, progress_bar(args.no_progress or None) as bar:
         warnings.simplefilter("always")
         task = bar.add_task("generate", total=len(prompts), status="")
@@ -142,10 +145,16 @@ def run(args: argparse.Namespace) -> int:
             _warn_lines(caught)
             for k, gen in zip(part, gens):
                 bar.update(task, status=f"exporting {k + 1}")
-                _export_one(args.out, k, gen, formats, opts, args)
+                try:
+                    _export_one(args.out, k, gen, formats, opts, args)
+                except TriflowError as e:  # this prompt's object; the others are independent
+                    failed += 1
+                    report_failure(f"prompt {k + 1} {gen.prompt!r}", str(e))
                 _warn_lines(caught)
                 bar.advance(task)
-    return 0
+                if failed and not args.keep_going:
+                    return exit_status(failed, len(prompts) - k - 1)
+    return exit_status(failed)
 
 
 def _export_one(out: Path, index: int, gen, formats: list[str], opts: ExportOptions, args) -> None:

@@ -1,15 +1,15 @@
-"""Load 3D files (glTF/GLB, OBJ+MTL, PLY, STL, OFF) into world-space :class:`Asset` parts.
+"""Load 3D files into world-space :class:`Asset` parts.
 
-Every problem with the input (unreadable, truncated, empty, out-of-range indices, NaN vertices, missing
-textures, too large, unsupported) raises :class:`~triflow3d.errors.AssetError` naming the file and the
-reason; trimesh's assorted exceptions never escape. ``load_asset_isolated`` adds a per-file time limit
+glTF 2.0 / GLB, OBJ+MTL, PLY, STL and OFF are read by trimesh (glTF extensions prepared by ``gltf.py``);
+FBX, Collada, 3DS and glTF 1.0 by assimp (``assimp.py``), always in a child process. Every
+problem with the input raises :class:`~triflow3d.errors.AssetError` naming the file, the reason and its
+kind; the parsers' assorted exceptions never escape. ``load_asset_isolated`` adds a per-file time limit
 by loading in a child process. See ``docs/assets.md``.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import multiprocessing as mp
 import os
 import re
@@ -25,11 +25,30 @@ import PIL.Image
 import trimesh
 from trimesh.resolvers import FilePathResolver
 
+from triflow3d.assets import assimp, gltf
 from triflow3d.assets.types import Asset, MeshPart
 from triflow3d.errors import AssetError, ConfigError
 
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (".glb", ".gltf", ".obj", ".off", ".ply", ".stl")
-Y_UP_EXTENSIONS: frozenset[str] = frozenset({".glb", ".gltf", ".obj"})  # the rest are taken as z-up
+TRIMESH_EXTENSIONS: tuple[str, ...] = (".glb", ".gltf", ".obj", ".off", ".ply", ".stl")
+SUPPORTED_EXTENSIONS: tuple[str, ...] = TRIMESH_EXTENSIONS + assimp.ASSIMP_EXTENSIONS
+# assimp hands every format it reads over Y-up (it rotates Collada's and 3DS's z-up itself)
+Y_UP_EXTENSIONS: frozenset[str] = frozenset({".glb", ".gltf", ".obj", *assimp.ASSIMP_EXTENSIONS})
+# Common formats we refuse, with what to do instead.
+_REFUSED_HINTS: dict[str, str] = {
+    ".blend": "export it to glTF 2.0 from Blender",
+    ".usd": "convert it to glTF 2.0 (e.g. usd2gltf, Blender)",
+    ".usdz": "convert it to glTF 2.0 (e.g. usd2gltf, Blender)",
+    ".usda": "convert it to glTF 2.0 (e.g. usd2gltf, Blender)",
+    ".usdc": "convert it to glTF 2.0 (e.g. usd2gltf, Blender)",
+    ".max": "export it to FBX or glTF from 3ds Max",
+    ".ma": "export it to FBX or glTF from Maya",
+    ".mb": "export it to FBX or glTF from Maya",
+    ".c4d": "export it to FBX or glTF from Cinema 4D",
+    ".abc": "Alembic caches are animations; export a frame to glTF",
+    ".step": "CAD files need tessellating first (e.g. export STL or glTF)",
+    ".stp": "CAD files need tessellating first (e.g. export STL or glTF)",
+    ".iges": "CAD files need tessellating first (e.g. export STL or glTF)",
+}
 # File (X, Y, Z) of a Y-up file -> our z-up world (X, -Z, Y): +90 deg about +x.
 Y_UP_TO_Z_UP: np.ndarray = np.array(
     [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
@@ -91,48 +110,22 @@ def _is_image(data: bytes) -> bool:
 
 def _check_file(path: Path, max_bytes: int) -> int:
     """Existence, extension and size checks; returns the file size in bytes."""
-    if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+    ext = path.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        hint = f"; {_REFUSED_HINTS[ext]}" if ext in _REFUSED_HINTS else ""
         raise AssetError(
-            path, f"unsupported file type {path.suffix!r} (supported: {', '.join(SUPPORTED_EXTENSIONS)})"
+            path,
+            f"unsupported file type {path.suffix!r}{hint} (supported: {', '.join(SUPPORTED_EXTENSIONS)})",
+            "unsupported format",
         )
     if not path.is_file():
-        raise AssetError(path, "no such file")
+        raise AssetError(path, "no such file", "missing file")
     size = path.stat().st_size
     if size == 0:
-        raise AssetError(path, "empty file")
+        raise AssetError(path, "empty file", "unreadable")
     if size > max_bytes:
-        raise AssetError(path, f"file is {size} bytes, over the limit of {max_bytes} bytes")
+        raise AssetError(path, f"file is {size} bytes, over the limit of {max_bytes} bytes", "too large")
     return size
-
-
-def _check_gltf_header(path: Path, size: int) -> None:
-    """Report glTF 1.0, bad GLB headers and truncated GLB files clearly (trimesh's errors are cryptic)."""
-    ext = path.suffix.lower()
-    if ext == ".glb":
-        with open(path, "rb") as f:
-            head = f.read(12)
-        if len(head) < 12 or head[:4] != b"glTF":
-            raise AssetError(path, "not a binary glTF file (missing 'glTF' header)")
-        version, length = struct.unpack("<II", head[4:])
-        if version == 1:
-            raise AssetError(path, "glTF 1.0 is not supported; convert it to glTF 2.0 (e.g. with Blender)")
-        if version != 2:
-            raise AssetError(path, f"unknown binary glTF version {version}")
-        if length > size:
-            raise AssetError(path, f"truncated GLB: header declares {length} bytes, file has {size}")
-    elif ext == ".gltf":
-        try:
-            tree = json.loads(path.read_bytes())
-        except (ValueError, RecursionError) as e:
-            raise AssetError(path, f"malformed glTF JSON: {e}") from None
-        if not isinstance(tree, dict):
-            raise AssetError(path, "malformed glTF JSON: top level is not an object")
-        asset = tree.get("asset") if isinstance(tree.get("asset"), dict) else {}
-        version = str(asset.get("version", "2.0" if "asset" in tree else "1.0"))
-        if version.split(".")[0] != "2" or isinstance(tree.get("meshes"), dict):
-            raise AssetError(
-                path, f"glTF {version} is not supported; convert it to glTF 2.0 (e.g. with Blender)"
-            )
 
 
 def _resolve_up_axis(path: Path, up_axis: str) -> str:
@@ -146,28 +139,44 @@ def _resolve_up_axis(path: Path, up_axis: str) -> str:
 # --- trimesh scene -> parts -------------------------------------------------------------------------
 
 
-def _load_scene(path: Path, resolver: _Resolver, **kwargs) -> trimesh.Scene:
+def _load_scene(
+    path: Path, resolver: _Resolver, notes: list[str], source: bytes | None = None, **kwargs
+) -> trimesh.Scene:
+    """trimesh's scene of ``path`` (or of ``source``, its rewritten bytes); extension trouble -> ``notes``."""
     ext = path.suffix.lower()
-    source: str | io.BytesIO = str(path)
-    if ext in (".obj", ".off"):  # text formats: make sure trimesh gets UTF-8
+    if source is None and ext in (".obj", ".off"):  # text formats: make sure trimesh gets UTF-8
         raw = path.read_bytes()
         text = _utf8(raw)
-        source = source if text is raw else io.BytesIO(text)
+        source = None if text is raw else text
     try:
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), gltf.trimesh_log() as logged:
             scene = trimesh.load(
-                source, file_type=ext[1:], force="scene", process=False, resolver=resolver, **kwargs
+                str(path) if source is None else io.BytesIO(source),
+                file_type=ext[1:],
+                force="scene",
+                process=False,
+                resolver=resolver,
+                **kwargs,
             )
     except Exception as e:
         if resolver.over_budget:
-            raise AssetError(path, "the file and the files it references exceed the byte limit") from None
+            raise AssetError(
+                path, "the file and the files it references exceed the byte limit", "too large"
+            ) from None
         if resolver.missing:
-            raise AssetError(path, f"missing referenced file(s): {', '.join(resolver.missing)}") from None
+            raise AssetError(
+                path, f"missing referenced file(s): {', '.join(resolver.missing)}", "missing file"
+            ) from None
         if isinstance(e, ImportError):  # trimesh wanted an optional package to guess a text encoding
-            raise AssetError(path, "could not parse the file (neither valid binary nor text)") from None
-        raise AssetError(path, f"could not parse the file ({type(e).__name__}: {str(e)[:200]})") from None
+            raise AssetError(
+                path, "could not parse the file (neither valid binary nor text)", "unreadable"
+            ) from None
+        raise AssetError(
+            path, f"could not parse the file ({type(e).__name__}: {str(e)[:200]})", "unreadable"
+        ) from None
+    notes += gltf.check_decoded(path, logged)
     if not isinstance(scene, trimesh.Scene):
-        raise AssetError(path, f"the loader returned {type(scene).__name__}, not a scene")
+        raise AssetError(path, f"the loader returned {type(scene).__name__}, not a scene", "unreadable")
     return scene
 
 
@@ -177,14 +186,18 @@ def _has_triangles(path: Path, name: str, mesh: trimesh.Trimesh) -> bool:
     if faces.size == 0:
         return False
     if faces.ndim != 2 or faces.shape[1] != 3 or vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise AssetError(path, f"geometry {name!r} has faces {faces.shape} / vertices {vertices.shape}")
+        raise AssetError(
+            path, f"geometry {name!r} has faces {faces.shape} / vertices {vertices.shape}", "invalid geometry"
+        )
     if faces.min() < 0 or faces.max() >= len(vertices):
         lo, hi = int(faces.min()), int(faces.max())
         raise AssetError(
-            path, f"face indices [{lo}, {hi}] out of range for {len(vertices)} vertices in {name!r}"
+            path,
+            f"face indices [{lo}, {hi}] out of range for {len(vertices)} vertices in {name!r}",
+            "invalid geometry",
         )
     if not np.isfinite(vertices).all():
-        raise AssetError(path, f"non-finite (NaN or inf) vertex coordinates in {name!r}")
+        raise AssetError(path, f"non-finite (NaN or inf) vertex coordinates in {name!r}", "invalid geometry")
     return True
 
 
@@ -305,14 +318,18 @@ def _world_parts(path: Path, scene: trimesh.Scene, max_faces: int, frame: np.nda
             instances.append((str(node), frame @ np.asarray(matrix, dtype=np.float64), geometry))
     if not instances:
         kinds = sorted({type(g).__name__ for g in scene.geometry.values()})
-        raise AssetError(path, f"no triangle faces (contains only: {', '.join(kinds) or 'nothing'})")
+        raise AssetError(
+            path,
+            f"no geometry decoded: no triangle faces (contains only: {', '.join(kinds) or 'nothing'})",
+            "no geometry",
+        )
     num_faces = sum(len(meshes[g].faces) for _, _, g in instances)
     if num_faces > max_faces:
-        raise AssetError(path, f"{num_faces} faces, over the limit of {max_faces}")
+        raise AssetError(path, f"{num_faces} faces, over the limit of {max_faces}", "too large")
     if sum(len(meshes[g].vertices) for _, _, g in instances) > 3 * max_faces:
-        raise AssetError(path, f"more than {3 * max_faces} vertices (3 x max_faces)")
+        raise AssetError(path, f"more than {3 * max_faces} vertices (3 x max_faces)", "too large")
     if not all(np.isfinite(m).all() for _, m, _ in instances):
-        raise AssetError(path, "non-finite scene-graph transform")
+        raise AssetError(path, "non-finite scene-graph transform", "invalid geometry")
     local = {g: _mesh_part(meshes[g], g, problems) for g in dict.fromkeys(g for _, _, g in instances)}
     return [_place(local[g], m, node) for node, m, g in instances]
 
@@ -320,14 +337,16 @@ def _world_parts(path: Path, scene: trimesh.Scene, max_faces: int, frame: np.nda
 def _check_references(path: Path, resolver: _Resolver, problems: list[str], allow_missing: bool) -> None:
     """Missing / unreadable textures (and MTL files) raise, or are dropped with a warning when allowed."""
     if resolver.over_budget:
-        raise AssetError(path, "the file and the files it references exceed the byte limit")
+        raise AssetError(path, "the file and the files it references exceed the byte limit", "too large")
     issues = [f"missing {n!r}" for n in dict.fromkeys(resolver.missing)]
     issues += [f"unreadable image {n!r}" for n in dict.fromkeys(resolver.unreadable)] + problems
     if not issues:
         return
     if not allow_missing:
         raise AssetError(
-            path, f"referenced file problem: {'; '.join(issues)} (allow_missing_textures=True drops them)"
+            path,
+            f"referenced file problem: {'; '.join(issues)} (allow_missing_textures=True drops them)",
+            "missing file",
         )
     warnings.warn(f"{path}: dropped textures/materials: {'; '.join(issues)}", stacklevel=3)
 
@@ -339,7 +358,7 @@ def _parts(path: Path, scene: trimesh.Scene, max_faces: int, frame: np.ndarray, 
         raise
     except Exception as e:  # trimesh visuals / normals on odd inputs
         raise AssetError(
-            path, f"could not convert the geometry ({type(e).__name__}: {str(e)[:200]})"
+            path, f"could not convert the geometry ({type(e).__name__}: {str(e)[:200]})", "unreadable"
         ) from None
 
 
@@ -354,6 +373,25 @@ def _plain_obj_with_vertex_colors(path: Path, parts: list[MeshPart]) -> bool:
         return _OBJ_COLOR_VERTEX.search(f.read(1 << 20)) is not None
 
 
+def _prepare(path: Path, size: int, notes: list[str]) -> tuple[str, bytes | dict | None]:
+    """("trimesh", rewritten glTF bytes or None) or ("assimp", embedded glTF 1.0 images or None)."""
+    ext = path.suffix.lower()
+    if ext in assimp.ASSIMP_EXTENSIONS:
+        return "assimp", None
+    if ext not in (".glb", ".gltf"):
+        return "trimesh", None
+    version, tree = gltf.read_json(path, size)
+    try:
+        gltf.check_uris(path, tree)
+        if version == 1:  # trimesh reads glTF 2.0 only
+            return "assimp", gltf.gltf1_embedded_images(path, tree)
+        notes += gltf.check_extensions(path, tree)
+        return "trimesh", gltf.pack(path, tree) if gltf.rewrite(tree) else None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, struct.error) as e:
+        reason = f"malformed glTF structure ({type(e).__name__}: {str(e)[:200]})"
+        raise AssetError(path, reason, "unreadable") from None
+
+
 def load_asset(
     path: str | os.PathLike,
     *,
@@ -362,44 +400,64 @@ def load_asset(
     up_axis: UpAxis = "auto",
     allow_missing_textures: bool = False,
 ) -> Asset:
-    """Load a .glb/.gltf/.obj/.ply/.stl/.off file into world-space (z-up) parts.
+    """Load a file of one of ``SUPPORTED_EXTENSIONS`` into world-space (z-up) parts.
 
-    ``up_axis="auto"`` treats glTF/GLB and OBJ as Y-up (file (X, Y, Z) -> world (X, -Z, Y)) and PLY, STL,
-    OFF as z-up. Raises AssetError(path, reason) for any bad input.
+    ``up_axis="auto"`` treats glTF/GLB, OBJ and the assimp formats as Y-up (file (X, Y, Z) -> world
+    (X, -Z, Y)) and PLY, STL, OFF as z-up. Files read by assimp are loaded in a child process (a crash in
+    the C++ parser becomes an AssetError). Raises AssetError(path, reason, kind) for any bad input.
     """
     path = Path(path)
     up = _resolve_up_axis(path, up_axis)
     size = _check_file(path, max_bytes)
-    _check_gltf_header(path, size)
+    notes: list[str] = []
+    reader, prepared = _prepare(path, size, notes)
+    if reader == "assimp" and not _IN_CHILD:  # the same call again, in a child process
+        kwargs = dict(max_bytes=max_bytes, max_faces=max_faces, up_axis=up_axis)
+        return _isolated(path, None, kwargs | {"allow_missing_textures": allow_missing_textures})
     resolver = _Resolver(path, budget=max_bytes - size)
     frame = Y_UP_TO_Z_UP if up == "y" else np.eye(4)
     problems: list[str] = []
-    parts = _parts(path, _load_scene(path, resolver), max_faces, frame, problems)
+    if reader == "assimp":
+        scene = assimp.import_scene(path, resolver, notes, prepared)
+    else:
+        scene = _load_scene(path, resolver, notes, prepared)
+    parts = _parts(path, scene, max_faces, frame, problems)
     if path.suffix.lower() == ".obj" and _plain_obj_with_vertex_colors(path, parts):
         # trimesh drops `v x y z r g b` colours when an MTL material is present: reload without materials
-        parts = _parts(path, _load_scene(path, resolver, skip_materials=True), max_faces, frame, problems)
+        parts = _parts(
+            path, _load_scene(path, resolver, notes, skip_materials=True), max_faces, frame, problems
+        )
     _check_references(path, resolver, problems, allow_missing_textures)
-    asset = Asset(
-        parts=tuple(parts), source=str(path), meta={"format": path.suffix.lower()[1:], "up_axis": up}
-    )
+    for note in notes:
+        warnings.warn(note if note.startswith(str(path)) else f"{path}: {note}", stacklevel=2)
+    meta = {"format": path.suffix.lower()[1:], "up_axis": up, "reader": reader}
+    asset = Asset(parts=tuple(parts), source=str(path), meta=meta)
     if not np.isfinite(asset.all_vertices()).all():
-        raise AssetError(path, "non-finite vertex coordinates after applying the scene-graph transforms")
+        raise AssetError(
+            path,
+            "non-finite vertex coordinates after applying the scene-graph transforms",
+            "invalid geometry",
+        )
     return asset
 
 
-# --- per-file time limit ----------------------------------------------------------------------------
+# --- child processes: per-file time limit, crash isolation ------------------------------------------
+
+_IN_CHILD = False  # set in the loader's child process, where assimp may run (and crash) safely
 
 
 def _load_in_child(conn, path: str, kwargs: dict) -> None:
-    """Child-process body: send ("ok", asset, warnings) or ("error", reason, warnings)."""
+    """Child-process body: send ("ok", asset, warnings) or ("error", (reason, kind), warnings)."""
+    global _IN_CHILD
+    _IN_CHILD = True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             result = ("ok", load_asset(path, **kwargs))
         except AssetError as e:
-            result = ("error", e.reason)
+            result = ("error", (e.reason, e.kind))
         except BaseException as e:  # reported to the parent as an AssetError
-            result = ("error", f"loader failed ({type(e).__name__}: {str(e)[:200]})")
+            result = ("error", (f"loader failed ({type(e).__name__}: {str(e)[:200]})", "unreadable"))
     try:
         conn.send((*result, [(str(w.message), w.category) for w in caught]))
     finally:
@@ -413,13 +471,15 @@ def _stop(proc: mp.process.BaseProcess) -> None:
         proc.join()
 
 
-def load_asset_isolated(path: str | os.PathLike, timeout_s: float = 60.0, **kwargs) -> Asset:
-    """``load_asset`` in a child process, killed after ``timeout_s`` seconds (then AssetError)."""
-    if kwargs.get("up_axis", "auto") not in ("auto", "y", "z"):
-        raise ConfigError(f"up_axis must be 'auto', 'y' or 'z', got {kwargs['up_axis']!r}")
-    unknown = set(kwargs) - {"max_bytes", "max_faces", "up_axis", "allow_missing_textures"}
-    if unknown:
-        raise TypeError(f"load_asset_isolated got unexpected keyword arguments {sorted(unknown)}")
+def _isolated(path: str | os.PathLike, timeout_s: float | None, kwargs: dict) -> Asset:
+    """``load_asset(path, **kwargs)`` in a child process; killed after ``timeout_s`` (None: no limit)."""
+    global _IN_CHILD
+    if mp.current_process().daemon:  # a daemonic process may not have children: load here, unguarded
+        inside, _IN_CHILD = _IN_CHILD, True
+        try:
+            return load_asset(path, **kwargs)
+        finally:
+            _IN_CHILD = inside
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_load_in_child, args=(sender, str(path), kwargs), daemon=True)
@@ -428,20 +488,31 @@ def load_asset_isolated(path: str | os.PathLike, timeout_s: float = 60.0, **kwar
     try:
         if not receiver.poll(timeout_s):
             proc.kill()
-            raise AssetError(path, f"timed out after {timeout_s:g} s")
+            raise AssetError(path, f"timed out after {timeout_s:g} s", "timeout")
         try:
             status, payload, caught = receiver.recv()
         except (EOFError, OSError):
             proc.join(timeout=1.0)
-            raise AssetError(path, f"loader process died (exit code {proc.exitcode})") from None
+            reason = f"loader process died (exit code {proc.exitcode}): the parser crashed on this file"
+            raise AssetError(path, reason, "unreadable") from None
     finally:
         receiver.close()
         _stop(proc)
     for message, category in caught:
-        warnings.warn(message, category, stacklevel=2)
+        warnings.warn(message, category, stacklevel=3)
     if status != "ok":
-        raise AssetError(path, payload)
+        raise AssetError(path, *payload)
     return payload
+
+
+def load_asset_isolated(path: str | os.PathLike, timeout_s: float = 60.0, **kwargs) -> Asset:
+    """``load_asset`` in a child process, killed after ``timeout_s`` seconds (then AssetError)."""
+    if kwargs.get("up_axis", "auto") not in ("auto", "y", "z"):
+        raise ConfigError(f"up_axis must be 'auto', 'y' or 'z', got {kwargs['up_axis']!r}")
+    unknown = set(kwargs) - {"max_bytes", "max_faces", "up_axis", "allow_missing_textures"}
+    if unknown:
+        raise TypeError(f"load_asset_isolated got unexpected keyword arguments {sorted(unknown)}")
+    return _isolated(path, timeout_s, kwargs)
 
 
 def iter_asset_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -468,5 +539,5 @@ def iter_asset_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> 
             else:
                 warnings.warn(f"{p}: skipped, unsupported file type {p.suffix!r}", stacklevel=2)
         else:
-            raise AssetError(p, "no such file or directory")
+            raise AssetError(p, "no such file or directory", "missing file")
     return list(dict.fromkeys(found))

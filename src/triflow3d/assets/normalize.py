@@ -23,7 +23,7 @@ META_KEY = "normalization_transform"
 def _used_vertices(asset: Asset) -> np.ndarray:  # (N, 3) float64, only vertices that faces reference
     used = [p.vertices[np.unique(p.faces)] for p in asset.parts if len(p.faces)]
     if not used:
-        raise AssetError(asset.source, "nothing to normalise: the asset has no faces")
+        raise AssetError(asset.source, "nothing to normalise: the asset has no faces", "no geometry")
     return np.concatenate(used).astype(np.float64)
 
 
@@ -36,7 +36,9 @@ def normalization_transform(asset: Asset, radius: float = OBJECT_RADIUS) -> np.n
     extent = float(np.sqrt(((v - center) ** 2).sum(axis=1).max()))
     if not (math.isfinite(extent) and extent > 0):
         raise AssetError(
-            asset.source, f"cannot normalise: degenerate extent {extent} (all vertices coincide?)"
+            asset.source,
+            f"empty after normalisation: cannot normalise a degenerate extent {extent} (all vertices coincide?)",
+            "empty after normalisation",
         )
     scale = radius / extent * _SHRINK
     matrix = np.eye(4)

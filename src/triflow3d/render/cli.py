@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from triflow3d import conventions as cv
 from triflow3d.errors import ConfigError
 from triflow3d.render import BACKENDS, make_renderer
 from triflow3d.render.views import PASSES, ViewsConfig, collect_sources, merge_manifests, render_all
+from triflow3d.utils.batch import add_keep_going, exit_status, report_failure
 from triflow3d.utils.io import dist_rank_world, shard
 from triflow3d.utils.progress import progress_bar
 
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--merge", action="store_true", help="only join DIR/manifest.rank*.jsonl into DIR/manifest.jsonl"
     )
+    add_keep_going(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,14 +65,16 @@ def run(args: argparse.Namespace) -> int:
 
         def on_done(source, row):
             if row is not None and row["status"] == "failed":
-                print(f"failed: {source.path}: {row['error']}", file=sys.stderr)
+                report_failure(source.path, row["error"])
             bar.update(task, advance=1, status=source.id)
 
-        summary = render_all(renderer, sources, args.out, cfg, rank, world, on_done=on_done)
+        summary = render_all(
+            renderer, sources, args.out, cfg, rank, world, on_done=on_done, keep_going=args.keep_going
+        )
+    causes = ", ".join(f"{n} {kind}" for kind, n in sorted((summary.failures or {}).items()))
     print(
-        f"render: {summary.rendered} rendered, {summary.skipped} already done, {summary.failed} failed "
-        f"of {summary.total} assets (rank {rank}/{world}, backend {renderer.name}, rig {cfg.rig}, "
-        f"{cfg.size}px) -> {args.out}"
+        f"render: {summary.rendered} rendered, {summary.skipped} already done, {summary.failed} failed"
+        f"{f' ({causes})' if causes else ''} of {summary.total + summary.not_attempted} assets "
+        f"(rank {rank}/{world}, backend {renderer.name}, rig {cfg.rig}, {cfg.size}px) -> {args.out}"
     )
-    all_failed = summary.failed > 0 and summary.failed == summary.total
-    return 1 if all_failed else 0
+    return exit_status(summary.failed, summary.not_attempted)

@@ -72,6 +72,8 @@ class Summary:
     rendered: int = 0
     skipped: int = 0
     failed: int = 0
+    not_attempted: int = 0  # left out by a stop at the first failure
+    failures: dict[str, int] | None = None  # AssetError kind -> count
 
     @property
     def total(self) -> int:
@@ -160,13 +162,28 @@ def render_source(renderer: Renderer, source: Source, cfg: ViewsConfig, out_dir:
     except Exception as e:  # a renderer failure on one asset must not stop the run
         raise AssetError(source.path, f"rendering failed ({type(e).__name__}: {str(e)[:200]})") from e
     if not out.mask.any():
-        raise AssetError(source.path, "rendered nothing: the object covers no pixel in any view")
+        raise AssetError(source.path, f"rendered nothing: {_invisible_reason(asset)}", "rendered nothing")
     transform = asset.meta.get("normalization_transform", np.eye(4).tolist())
     with atomic_path(out_dir / source.id) as tmp:
         tmp.mkdir()
         write_views(tmp, out, cfg.passes)
         write_json(tmp / "cameras.json", cameras_record(rig, cfg, seed, transform, source))
     return manifest_row(source, cfg, "ok", len(rig))
+
+
+def _invisible_reason(asset) -> str:
+    """Why a loaded, non-empty asset may cover no pixel (the loader already refused empty geometry)."""
+    from triflow3d.render import ALPHA_CUTOFF
+
+    def transparent(p) -> bool:
+        alpha = p.base_color[3] * (1.0 if p.vertex_colors is None else float(p.vertex_colors[:, 3].max()))
+        if p.has_texture:
+            alpha *= float(p.texture[..., 3].max()) / 255.0
+        return alpha < ALPHA_CUTOFF
+
+    if all(transparent(p) for p in asset.parts):
+        return f"every material is transparent (alpha below {ALPHA_CUTOFF}), so the renderer sees through it"
+    return "the object covers no pixel in any view (the renderer saw nothing)"
 
 
 def write_views(folder: Path, out: RenderOutput, passes: Iterable[str]) -> None:
@@ -234,17 +251,19 @@ def render_all(
     rank: int = 0,
     world_size: int = 1,
     on_done: Callable[[Source, dict | None], None] | None = None,
+    keep_going: bool = True,
 ) -> Summary:
     """Render this rank's shard of ``sources`` into ``out_dir``; failures are recorded, never raised.
 
     ``on_done(source, row)`` is called after each asset (row None when it was skipped as finished).
+    Without ``keep_going`` the first failure ends the run (``Summary.not_attempted`` counts the rest).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_config(out_dir, cfg)
     manifest = manifest_path(out_dir, rank, world_size)
     recorded = {r["id"] for r in read_jsonl(manifest) if r.get("status") == "ok"}
-    summary = Summary()
-    for source in shard(sources, rank, world_size):
+    summary, mine = Summary(failures={}), shard(sources, rank, world_size)
+    for k, source in enumerate(mine):
         row = None
         if (out_dir / source.id / "cameras.json").is_file():
             summary.skipped += 1
@@ -255,12 +274,16 @@ def render_all(
                 row = render_source(renderer, source, cfg, out_dir)
                 summary.rendered += 1
             except AssetError as e:
-                row = manifest_row(source, cfg, "failed", 0, error=e.reason)
+                row = manifest_row(source, cfg, "failed", 0, error=e.reason) | {"error_kind": e.kind}
                 summary.failed += 1
+                summary.failures[e.kind] = summary.failures.get(e.kind, 0) + 1
         if row is not None:
             append_jsonl(manifest, [row])
         if on_done is not None:
             on_done(source, row)
+        if summary.failed and not keep_going:
+            summary.not_attempted = len(mine) - k - 1
+            break
     return summary
 
 

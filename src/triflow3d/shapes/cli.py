@@ -17,6 +17,7 @@ from triflow3d.assets.export import save_glb
 from triflow3d.errors import ConfigError
 from triflow3d.shapes.generate import SHAPES_VERSION, build_asset, sample_spec
 from triflow3d.shapes.splits import SPLITS, sample_id, sample_seed
+from triflow3d.utils.batch import add_keep_going, exit_status, report_failure
 from triflow3d.utils.io import append_jsonl, dist_rank_world, read_jsonl, shard
 from triflow3d.utils.progress import progress_bar
 
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     make.add_argument(
         "--world-size", type=int, default=None, help="number of workers (default: $WORLD_SIZE or 1)"
     )
+    add_keep_going(make)
     show.add_argument("--attributes", action="store_true", help="also print the attributes as JSON")
 
 
@@ -91,9 +93,10 @@ def _run_make(args: argparse.Namespace) -> int:
     done = _done_rows(out)
     indices = shard(list(range(args.start, args.start + args.n)), rank, world)
     counts = {"ok": 0, "skipped": 0, "error": 0}
+    not_attempted = 0
     with progress_bar() as progress:
         task = progress.add_task(f"shapes {args.split}", total=len(indices), status="")
-        for index in indices:
+        for k, index in enumerate(indices):
             sid = sample_id(args.split, index)
             if sid in done:
                 if done[sid]["seed"] != sample_seed(args.split, index, args.seed_offset):
@@ -103,12 +106,17 @@ def _run_make(args: argparse.Namespace) -> int:
                 row = _make_one(args.split, index, args.seed_offset, out)
                 append_jsonl(manifest, [row])
                 counts[row["status"]] += 1
+                if row["status"] == "error":
+                    report_failure(sid, row["error"])
             progress.update(task, advance=1, status=sid)
+            if counts["error"] and not args.keep_going:
+                not_attempted = len(indices) - k - 1
+                break
     print(
         f"shapes {args.split}: {counts['ok']} written, {counts['skipped']} already present, "
         f"{counts['error']} failed -> {manifest}"
     )
-    return 1 if counts["error"] else 0
+    return exit_status(counts["error"], not_attempted)
 
 
 def _run_show(args: argparse.Namespace) -> int:
