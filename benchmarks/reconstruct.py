@@ -270,7 +270,17 @@ def end_to_end(asset: str, encoder: str, repeats: int) -> None:
     """One JSON line per run of ``triflow3d reconstruct`` in a fresh process (see the module docstring)."""
     for run in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "triflow3d", "reconstruct", asset, "--encoder", encoder, "--out", tmp]
+            cmd = [
+                sys.executable,
+                "-m",
+                "triflow3d",
+                "reconstruct",
+                asset,
+                "--encoder",
+                encoder,
+                "--out",
+                tmp,
+            ]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - t0
@@ -302,7 +312,9 @@ def main() -> None:
         help="reconstructor to time (random weights; '' skips; default instantmesh-nerf-base), "
         "or with --end-to-end the shipped one to run (default lrm-small)",
     )
-    ap.add_argument("--end-to-end", metavar="ASSET", help="JSON: time `triflow3d reconstruct ASSET` per stage")
+    ap.add_argument(
+        "--end-to-end", metavar="ASSET", help="JSON: time `triflow3d reconstruct ASSET` per stage"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="--end-to-end: runs (fresh processes)")
     ap.add_argument("--image-size", type=int, default=320, help="input view size for --encoder")
     js = ap.add_argument_group("JSON modes (any device; see the docstring)")

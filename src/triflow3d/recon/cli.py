@@ -75,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--per-object", action="store_true", help="add 'objects': [{id, psnr, iou, views}] to the JSON"
     )
+    e.add_argument(
+        "--greyscale",
+        action="store_true",
+        help="add 'greyscale': how much the output changes when the inputs lose their colour (2x time)",
+    )
 
     x = sub.add_parser("export", help="copy a run checkpoint to a weights folder with a model card")
     x.add_argument("--run", required=True)
@@ -93,7 +98,10 @@ def add_reconstruct_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--out", required=True)
     r.add_argument("--resolution", type=int, default=128, help="marching-cubes grid")
     r.add_argument(
-        "--size", type=int, default=None, help="render size (default: the encoder's input size, 128 for lrm-small)"
+        "--size",
+        type=int,
+        default=None,
+        help="render size (default: the encoder's input size, 128 for lrm-small)",
     )
     r.add_argument("--renders", type=int, default=4, help="number of turntable renders")
 
@@ -225,8 +233,9 @@ def _eval(args) -> int:
 
     model = _load_encoder(args)
     result = evaluate(
-        model, args.data, args.views_from, args.size, args.limit, args.max_views, args.per_object
-    )
+        model, args.data, args.views_from, args.size, args.limit, args.max_views, args.per_object,
+        grey=args.greyscale,
+    )  # fmt: skip
     print(json.dumps(result))
     return 0
 
@@ -236,6 +245,7 @@ def _reconstruct(args) -> int:
 
     from triflow3d.assets.export import save_mesh
     from triflow3d.cameras import orbit_rig
+
     seconds, last = {}, [time.perf_counter()]
 
     def lap(stage: str) -> None:  # seconds since the previous stage ended
