@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Idle OpenMP threads sleep instead of spinning (libgomp reads this once, when torch is imported,
     # which is below). On a shared CPU spinning threads take the cores from the threads doing the work:
-    # `triflow3d reconstruct` ran 4-10x slower beside one other job (docs/benchmarks.md). An explicit
+    # `triflow3d reconstruct` ran 4-10x slower beside one other job (docs/encoders.md). An explicit
     # setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = next((a for a in argv if not a.startswith("-")), None)
