@@ -15,6 +15,15 @@ JSON modes for any device (the GPU suite, benchmarks/gpu.sh); either or both rep
     python3 benchmarks/reconstruct.py --device cuda --encode --encoder instantmesh-nerf-large --batches 1 8
     python3 benchmarks/reconstruct.py --device cuda --render --preset instant-nerf-large --features 80
 
+``--end-to-end ASSET``: ``triflow3d reconstruct ASSET --encoder lrm-small`` (asset -> zero123pp views ->
+triplane -> 128^3 mesh + 4 renders at the encoder's input size) run ``--repeats`` times in fresh processes,
+one JSON line each: the wall seconds of the whole command (imports included) and its own per-stage
+seconds (``load`` weights, ``views`` = render the asset, ``encode``, ``mesh``, ``render``, ``save``;
+``startup_s`` is the rest: interpreter and imports). Threads: torch's default (all cores) unless
+``OMP_NUM_THREADS`` is set.
+
+    python3 benchmarks/reconstruct.py --end-to-end assets/real/avocado.gltf --repeats 3
+
 ``--encode``: ``forward_planes`` of ``--encoder`` with random weights (built on the device), 6 views of
 ``--image-size`` px with the Zero123++ input cameras, per ``--modes`` (fp32; bf16 = bf16 autocast with fp32
 weights) and ``--batches``: objects/s and peak CUDA memory (weights included), one JSON line each (a CUDA
@@ -27,7 +36,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -253,6 +266,36 @@ def render_json(args: argparse.Namespace) -> None:
     print(json.dumps(line), flush=True)
 
 
+def end_to_end(asset: str, encoder: str, repeats: int) -> None:
+    """One JSON line per run of ``triflow3d reconstruct`` in a fresh process (see the module docstring)."""
+    for run in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [
+                sys.executable,
+                "-m",
+                "triflow3d",
+                "reconstruct",
+                asset,
+                "--encoder",
+                encoder,
+                "--out",
+                tmp,
+            ]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        stages = out["seconds"]
+        line = {"bench": "reconstruct_end_to_end", "asset": asset, "encoder": encoder, "run": run,
+                "wall_s": round(wall, 2), "startup_s": round(wall - sum(stages.values()), 2),
+                **{f"{k}_s": round(v, 2) for k, v in stages.items()}, "render_size": out["size"],
+                "renders": out["renders"], "vertices": out["vertices"],
+                "threads": os.environ.get("OMP_NUM_THREADS", f"default ({os.cpu_count()} cores)")}  # fmt: skip
+        print(json.dumps(line), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -264,8 +307,15 @@ def main() -> None:
     ap.add_argument("--parity", action="store_true", help="also run on the parity planes (C = 16)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     ap.add_argument(
-        "--encoder", default="instantmesh-nerf-base", help="reconstructor to time (random weights; '' skips)"
+        "--encoder",
+        default=None,
+        help="reconstructor to time (random weights; '' skips; default instantmesh-nerf-base), "
+        "or with --end-to-end the shipped one to run (default lrm-small)",
     )
+    ap.add_argument(
+        "--end-to-end", metavar="ASSET", help="JSON: time `triflow3d reconstruct ASSET` per stage"
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="--end-to-end: runs (fresh processes)")
     ap.add_argument("--image-size", type=int, default=320, help="input view size for --encoder")
     js = ap.add_argument_group("JSON modes (any device; see the docstring)")
     js.add_argument("--device", default="cpu")
@@ -278,6 +328,10 @@ def main() -> None:
     js.add_argument("--features", type=int, default=40, help="--render: triplane channels C of the sphere")
     js.add_argument("--chunk", type=int, default=0, help="--render: rays per pass (0: the preset's)")
     args = ap.parse_args()
+    if args.end_to_end:
+        end_to_end(args.end_to_end, args.encoder or "lrm-small", args.repeats)
+        return
+    args.encoder = "instantmesh-nerf-base" if args.encoder is None else args.encoder
     if args.encode or args.render:
         torch.set_num_threads(args.threads)
         if args.encode:

@@ -350,3 +350,14 @@ def test_ray_embedding_gives_cameras_an_effect_from_init():
         b = model.encode_images(images, cams.roll(1, 0)[None])
     assert not torch.allclose(a, b)  # which camera saw which image matters before any training
     assert ReconstructorConfig.from_dict(tiny_config().to_dict()).ray_embedding
+
+
+def test_query_table_draw_is_unchanged_and_skipped_on_meta():
+    from triflow3d.encoders.transformer import TriplaneTransformer
+
+    torch.manual_seed(3)
+    t = TriplaneTransformer(dim=16, cond_dim=8, layers=1, heads=2, low_res=2, triplane_dim=4)
+    torch.manual_seed(3)
+    assert torch.equal(t.pos_embed.data, torch.randn(1, 12, 16) * 16**-0.5)  # the draw old weights used
+    with torch.device("meta"):
+        assert TriplaneTransformer(16, 8, 1, 2, 2, 4).pos_embed.is_meta

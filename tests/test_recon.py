@@ -276,9 +276,11 @@ def test_eval_json_and_export(folders, tmp_path, capsys):
     ).read_text()
     capsys.readouterr()
     argv = ["recon", "eval", "--data", str(inputs), "--views-from", str(sup), "--encoder", f"lrm-small:{dest}",
-            "--size", "8", "--max-views", "2", "--json", "--per-object"]  # fmt: skip
+            "--size", "8", "--max-views", "2", "--json", "--per-object", "--greyscale"]  # fmt: skip
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(res["greyscale"]) == {"planes_change", "colour_ratio"}
+    assert res["greyscale"]["planes_change"] >= 0 and res["greyscale"]["colour_ratio"] >= 0
     assert {"psnr", "iou", "n", "encoder", "size", "novel"} <= set(res)
     assert res["n"] == 3 and res["views"] == 6 and res["novel"] and res["encoder"] == "lrm-small"
     assert 0.0 <= res["iou"] <= 1.0 and 0.0 < res["psnr"] < 60.0
@@ -291,7 +293,26 @@ def test_eval_json_and_export(folders, tmp_path, capsys):
     assert math.isclose(sum(o["iou"] for o in objs) / 3, res["iou"], abs_tol=1e-4)
 
 
-def test_reconstruct_views_folder(folders, tmp_path):
+def test_greyscale_keeps_alpha_and_luma():
+    from triflow3d.recon.eval import greyscale
+
+    rgba = torch.tensor([1.0, 0.0, 0.0, 0.5]).reshape(1, 4, 1, 1).expand(2, 4, 3, 3)
+    g = greyscale(rgba)
+    assert g.shape == rgba.shape and torch.allclose(g[:, :3], torch.full((2, 3, 3, 3), 0.299))
+    assert torch.equal(g[:, 3], rgba[:, 3])
+    white = torch.ones(1, 3, 2, 2)
+    assert torch.allclose(greyscale(white), white)  # white stays white: the luma weights sum to 1
+
+
+def test_greyscale_sensitivity_of_a_colour_blind_and_a_colour_copying_model():
+    from triflow3d.recon.eval import greyscale_summary
+
+    # per object: planes change, summed render change, summed target chroma
+    sums = torch.tensor([[0.1, 0.0, 4.0], [0.3, 1.0, 4.0]], dtype=torch.float64)
+    assert greyscale_summary(sums) == {"planes_change": 0.2, "colour_ratio": 0.125}
+
+
+def test_reconstruct_views_folder(folders, tmp_path, capsys):
     _needs_renderer()
     from triflow3d.cli import main
 
@@ -301,8 +322,11 @@ def test_reconstruct_views_folder(folders, tmp_path):
     assert main(["recon", "export", "--run", str(tmp_path / "run"), "--export", str(dest)]) == 0
     out = tmp_path / "rec"
     argv = ["recon", "reconstruct", str(inputs / "sphere-00001"), "--encoder", f"lrm-small:{dest}",
-            "--out", str(out), "--resolution", "16", "--size", "16", "--renders", "2"]  # fmt: skip
+            "--out", str(out), "--resolution", "16", "--renders", "2"]  # fmt: skip
     assert main(argv) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["size"] == TINY["image_size"]  # renders default to the encoder's input size
+    assert list(line["seconds"]) == ["load", "views", "encode", "mesh", "render", "save"]
     assert (out / "mesh.glb").exists() and sorted(p.name for p in out.glob("render_*.png")) == [
         "render_000.png",
         "render_001.png",

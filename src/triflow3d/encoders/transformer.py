@@ -47,7 +47,10 @@ class TriplaneTransformer(nn.Module):
     def __init__(self, dim: int, cond_dim: int, layers: int, heads: int, low_res: int, triplane_dim: int):
         super().__init__()
         self.low_res = low_res
-        self.pos_embed = nn.Parameter(torch.randn(1, cv.NUM_PLANES * low_res**2, dim) * dim**-0.5)
+        table = torch.empty(1, cv.NUM_PLANES * low_res**2, dim)
+        if not table.is_meta:  # a meta build is loaded next; meta normal_ imports torch._dynamo (2-5 s)
+            table.normal_(0.0, dim**-0.5)  # = torch.randn(...) * dim**-0.5, bit for bit
+        self.pos_embed = nn.Parameter(table)
         self.layers = nn.ModuleList(TriplaneBlock(dim, cond_dim, heads) for _ in range(layers))
         self.norm = LayerNorm32(dim, eps=1e-6)
         self.deconv = nn.ConvTranspose2d(dim, triplane_dim, kernel_size=2, stride=2, padding=0)

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--per-object", action="store_true", help="add 'objects': [{id, psnr, iou, views}] to the JSON"
     )
+    e.add_argument(
+        "--greyscale",
+        action="store_true",
+        help="add 'greyscale': how much the output changes when the inputs lose their colour (2x time)",
+    )
 
     x = sub.add_parser("export", help="copy a run checkpoint to a weights folder with a model card")
     x.add_argument("--run", required=True)
@@ -91,7 +97,12 @@ def add_reconstruct_arguments(r: argparse.ArgumentParser) -> None:
     _encoder_args(r)
     r.add_argument("--out", required=True)
     r.add_argument("--resolution", type=int, default=128, help="marching-cubes grid")
-    r.add_argument("--size", type=int, default=256, help="render size")
+    r.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="render size (default: the encoder's input size, 128 for lrm-small)",
+    )
     r.add_argument("--renders", type=int, default=4, help="number of turntable renders")
 
 
@@ -222,8 +233,9 @@ def _eval(args) -> int:
 
     model = _load_encoder(args)
     result = evaluate(
-        model, args.data, args.views_from, args.size, args.limit, args.max_views, args.per_object
-    )
+        model, args.data, args.views_from, args.size, args.limit, args.max_views, args.per_object,
+        grey=args.greyscale,
+    )  # fmt: skip
     print(json.dumps(result))
     return 0
 
@@ -233,32 +245,50 @@ def _reconstruct(args) -> int:
 
     from triflow3d.assets.export import save_mesh
     from triflow3d.cameras import orbit_rig
-    from triflow3d.data.views import is_zero123pp, load_object
+
+    seconds, last = {}, [time.perf_counter()]
+
+    def lap(stage: str) -> None:  # seconds since the previous stage ended
+        now = time.perf_counter()
+        seconds[stage], last[0] = round(now - last[0], 3), now
 
     model = _load_encoder(args)
-    src = Path(args.input)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = (
-            src if (src / "cameras.json").exists() else _render_asset(src, Path(tmp), model.config.image_size)
-        )
-        views = load_object(folder, int(model.config.image_size))
-    if not is_zero123pp(views.c2w):
-        raise ConfigError(f"{src}: views are not the zero123pp rig (render with --rig zero123pp)")
+    lap("load")
+    views = _input_views(Path(args.input), int(model.config.image_size))
+    lap("views")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = next(model.parameters()).device
+    size = args.size or int(model.config.image_size)
     with torch.inference_mode():
         images, cams_in = views.images[None].to(dev), views.input_cameras[None].to(dev)  # RGBA
         planes = model.forward_planes(images, cams_in)
+        lap("encode")
         mesh = model.extract_mesh(planes, args.resolution)
+        lap("mesh")
         cams = orbit_rig(args.renders).render_cameras()[None].to(dev)
-        rgb = model.render(planes, cams, args.size, deterministic=True)["rgb"][0].cpu()  # (M, 3, S, S)
+        rgb = model.render(planes, cams, size, deterministic=True)["rgb"][0].cpu()  # (M, 3, S, S)
+        lap("render")
     save_mesh(mesh, out / "mesh.glb")  # GLB files are Y-up: the writer converts from our z-up world
     for k, img in enumerate(rgb):
         arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(arr).save(out / f"render_{k:03d}.png")
-    print(json.dumps({"mesh": str(out / "mesh.glb"), "vertices": len(mesh.vertices), "renders": len(rgb)}))
+    lap("save")
+    line = {"mesh": str(out / "mesh.glb"), "vertices": len(mesh.vertices), "renders": len(rgb), "size": size}
+    print(json.dumps(line | {"seconds": seconds}))
     return 0
+
+
+def _input_views(src: Path, size: int):
+    """A zero123pp views folder, or an asset file rendered on that rig -> its ObjectViews at ``size``."""
+    from triflow3d.data.views import is_zero123pp, load_object
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = src if (src / "cameras.json").exists() else _render_asset(src, Path(tmp), size)
+        views = load_object(folder, size)
+    if not is_zero123pp(views.c2w):
+        raise ConfigError(f"{src}: views are not the zero123pp rig (render with --rig zero123pp)")
+    return views
 
 
 def _render_asset(path: Path, tmp: Path, size: int) -> Path:

@@ -7,6 +7,15 @@ white-composited colour, IoU per view between rendered alpha > 0.5 and the targe
 both are averaged over all views. ``error_share`` splits the summed squared colour error of all views
 into pixels covered in both the render and the target (``colour``), in exactly one of them
 (``silhouette``) and in neither (``background``): where the PSNR is lost.
+
+With ``greyscale`` each object is encoded a second time from greyscale copies of its input views
+(:func:`greyscale`: R = G = B = BT.601 luma, alpha kept) and rendered from the same cameras; the dict
+then holds ``greyscale``: ``planes_change``, the mean over objects of ||planes(grey) - planes|| /
+||planes|| (Frobenius norms of the whole triplane), and ``colour_ratio``, the summed absolute change of
+the rendered colour over the target's covered pixels (mask > 0.5, all views and objects pooled) divided
+by the summed |target - greyscale(target)| there. An encoder that renders what it is given scores
+``colour_ratio`` near 1 (its renders lose as much colour as the inputs did), one that reads brightness
+only scores 0 (see ``docs/encoders.md``).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from triflow3d.evaluation.image import psnr as image_psnr
 from triflow3d.utils.progress import progress_bar
 
 MAX_PSNR_DB = 100.0  # what an MSE floor of 1e-10 gave
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma of the sRGB values (PIL's "L" conversion)
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -48,22 +58,55 @@ def error_split(
     return torch.stack([se[a & m].sum(), se[a ^ m].sum(), se[~a & ~m].sum()]).double()
 
 
+def score_views(rgb: torch.Tensor, alpha: torch.Tensor, target: torch.Tensor):
+    """Renders on white rgb (M, 3, S, S) and alpha (M, 1, S, S) vs RGBA targets (M, 4, S, S) -> per-view
+    PSNR (M,) on white, IoU (M,) and the error split (3,) of :func:`error_split`."""
+    mask, white = target[:, 3:], composite_white(target)
+    return psnr(rgb, white), silhouette_iou(alpha, mask), error_split(rgb, white, alpha, mask)
+
+
+def greyscale(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3 | 4, H, W) RGB(A) -> the same with R = G = B = the BT.601 luma; alpha is kept."""
+    w = torch.tensor(GREY_WEIGHTS, dtype=images.dtype, device=images.device)
+    luma = torch.einsum("c,...chw->...hw", w, images[..., :3, :, :]).unsqueeze(-3)
+    return torch.cat([luma.expand(*luma.shape[:-3], 3, *luma.shape[-2:]), images[..., 3:, :, :]], -3)
+
+
 @torch.inference_mode()
 def evaluate_object(
-    model, inputs: ViewsFolder, id: str, targets: ViewsFolder, size: int, max_views: int | None
+    model,
+    inputs: ViewsFolder,
+    id: str,
+    targets: ViewsFolder,
+    size: int,
+    max_views: int | None,
+    grey: bool = False,
 ):
-    """-> per-view PSNR (M,), IoU (M,) and the error split (3,) of :func:`error_split` for one object."""
+    """-> per-view PSNR (M,), IoU (M,), the error split (3,) of :func:`error_split` for one object, and
+    with ``grey`` the greyscale sums (3,) (planes change, render change, target chroma; else None)."""
     inp = inputs.load(id, int(model.config.image_size))
     tgt = targets.load(id, size)
     dev = next(model.parameters()).device
-    images = inp.images[None].to(dev)  # (1, V, 4, H, W) RGBA: the model composites what it needs
-    planes = model.forward_planes(images, inp.input_cameras[None].to(dev))
+    images, in_cams = inp.images[None].to(dev), inp.input_cameras[None].to(dev)  # (1, V, 4, H, W) RGBA
     cams = tgt.render_cameras[:max_views][None].to(dev)  # (1, M, 25)
-    out = model.render(planes, cams, size, deterministic=True)
     target = tgt.images[:max_views]  # (M, 4, S, S)
-    rgb, alpha = out["rgb"][0].float().cpu(), out["alpha"][0].float().cpu()
-    alpha, mask, white = alpha.reshape(target[:, 3:].shape), target[:, 3:], composite_white(target)
-    return psnr(rgb, white), silhouette_iou(alpha, mask), error_split(rgb, white, alpha, mask)
+
+    def encode_render(views: torch.Tensor):  # the model composites what it needs
+        planes = model.forward_planes(views, in_cams)
+        out = model.render(planes, cams, size, deterministic=True)
+        rgb, alpha = out["rgb"][0].float().cpu(), out["alpha"][0].float().cpu()
+        return planes, rgb, alpha.reshape(target[:, 3:].shape)
+
+    planes, rgb, alpha = encode_render(images)
+    scores = score_views(rgb, alpha, target)
+    if not grey:
+        return *scores, None
+    planes_g, rgb_g, _ = encode_render(greyscale(images))
+    covered = (target[:, 3:] > 0.5).expand_as(rgb)
+    white = composite_white(target)
+    sums = [(planes_g - planes).norm() / planes.norm().clamp_min(1e-12), (rgb_g - rgb).abs()[covered].sum(),
+            (white - greyscale(white)).abs()[covered].sum()]  # fmt: skip
+    return *scores, torch.stack([x.double().cpu() for x in sums])
 
 
 def evaluate(
@@ -74,10 +117,12 @@ def evaluate(
     limit: int | None = None,
     max_views: int | None = None,
     per_object: bool = False,
+    grey: bool = False,
 ) -> dict:
     """Mean PSNR / IoU over the objects of ``data`` (and their views in ``views_from``) -> a JSON-able dict.
 
-    With ``per_object`` the dict also lists ``objects``: ``{id, psnr, iou, views}`` per evaluated object.
+    With ``per_object`` the dict also lists ``objects``: ``{id, psnr, iou, views}`` per evaluated object;
+    with ``grey`` it holds ``greyscale`` (see the module docstring; twice the work).
     """
     t0 = time.perf_counter()
     inputs = ViewsFolder(data)
@@ -87,16 +132,18 @@ def evaluate(
         raise ConfigError(f"no objects common to {data} and {views_from or data}")
     psnrs, ious, done, fails = [], [], [], []
     split = torch.zeros(3, dtype=torch.float64)
+    greys = []
     model.eval()
     with progress_bar() as bar:
         task = bar.add_task("eval", total=len(ids), status="")
         for i in ids:
             try:
-                p, q, err = evaluate_object(model, inputs, i, targets, size, max_views)
+                p, q, err, g = evaluate_object(model, inputs, i, targets, size, max_views, grey)
             except TriflowError as e:
                 fails.append({"id": i, "error": str(e)})
                 continue
             split += err
+            greys += [g] if g is not None else []
             psnrs.append(p)
             ious.append(q)
             done.append(i)
@@ -105,6 +152,8 @@ def evaluate(
         raise ConfigError(f"every object failed to evaluate, e.g. {fails[0]}")
     p, q = torch.cat(psnrs), torch.cat(ious)
     objects = {"objects": object_rows(done, psnrs, ious)} if per_object else {}
+    if greys:
+        objects["greyscale"] = greyscale_summary(torch.stack(greys))
     return {
         "psnr": round(float(p.mean()), 4),
         "psnr_min_object": round(min(float(x.mean()) for x in psnrs), 4),
@@ -139,6 +188,14 @@ def object_rows(ids: list[str], psnrs: list[torch.Tensor], ious: list[torch.Tens
         }
         for i, p, q in zip(ids, psnrs, ious, strict=True)
     ]
+
+
+def greyscale_summary(sums: torch.Tensor) -> dict:
+    """Per-object greyscale sums (N, 3) of :func:`evaluate_object` -> ``{planes_change, colour_ratio}``."""
+    return {
+        "planes_change": round(float(sums[:, 0].mean()), 4),
+        "colour_ratio": round(float(sums[:, 1].sum() / sums[:, 2].sum().clamp_min(1e-12)), 4),
+    }
 
 
 def quality_ok(result: dict, min_psnr: float = 26.0, min_iou: float = 0.92) -> bool:
