@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--per-object", action="store_true", help="add 'objects': [{id, psnr, iou, views}] to the JSON"
     )
+    e.add_argument("--no-roundtrip", dest="roundtrip", action="store_false",
+                   help="skip 'roundtrip' (category / colour accuracy of the round-trip meshes)")  # fmt: skip
 
     x = sub.add_parser("export", help="copy a run checkpoint to a weights folder with a model card")
     x.add_argument("--run", required=True)
@@ -222,8 +224,9 @@ def _eval(args) -> int:
 
     model = _load_encoder(args)
     result = evaluate(
-        model, args.data, args.views_from, args.size, args.limit, args.max_views, args.per_object
-    )
+        model, args.data, args.views_from, args.size, args.limit, args.max_views, args.per_object,
+        args.roundtrip,
+    )  # fmt: skip
     print(json.dumps(result))
     return 0
 

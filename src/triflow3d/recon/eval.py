@@ -6,7 +6,9 @@ ids) or, without it, from the input cameras themselves (then ``novel`` is false)
 white-composited colour, IoU per view between rendered alpha > 0.5 and the target mask alpha > 0.5;
 both are averaged over all views. ``error_share`` splits the summed squared colour error of all views
 into pixels covered in both the render and the target (``colour``), in exactly one of them
-(``silhouette``) and in neither (``background``): where the PSNR is lost.
+(``silhouette``) and in neither (``background``): where the PSNR is lost. With ``roundtrip`` the dict
+also holds ``roundtrip``: the round trip's category / main-colour accuracy and fragmentation on each
+object's own caption attributes, scored by ``triflow3d eval``'s code (``evaluation.evaluate.views_roundtrip``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from triflow3d.data.views import ViewsFolder, composite_white
 from triflow3d.errors import ConfigError, TriflowError
+from triflow3d.evaluation.evaluate import views_roundtrip
 from triflow3d.evaluation.image import psnr as image_psnr
 from triflow3d.utils.progress import progress_bar
 
@@ -74,6 +77,7 @@ def evaluate(
     limit: int | None = None,
     max_views: int | None = None,
     per_object: bool = False,
+    roundtrip: bool = False,
 ) -> dict:
     """Mean PSNR / IoU over the objects of ``data`` (and their views in ``views_from``) -> a JSON-able dict.
 
@@ -105,6 +109,8 @@ def evaluate(
         raise ConfigError(f"every object failed to evaluate, e.g. {fails[0]}")
     p, q = torch.cat(psnrs), torch.cat(ious)
     objects = {"objects": object_rows(done, psnrs, ious)} if per_object else {}
+    if roundtrip:
+        objects["roundtrip"] = views_roundtrip(model, inputs, done)
     return {
         "psnr": round(float(p.mean()), 4),
         "psnr_min_object": round(min(float(x.mean()) for x in psnrs), 4),
