@@ -83,9 +83,7 @@ FIGURE_COLUMNS = 4  # generated (and reference) tiles per category in the grid f
 class EvalConfig:
     """Everything that defines an evaluation run (written into the report's protocol)."""
 
-    prompts: str = (
-        "shapes:test"  # shapes:SPLIT, freeform, unconditional or a JSONL file (caption, attributes)
-    )
+    prompts: str = "shapes:test"  # shapes:SPLIT, freeform, unconditional or a JSONL file
     n_prompts: int = 100  # first N prompts
     n_per_prompt: int = 1  # K samples per prompt
     seed: int = 0  # prompt i, sample k gets seed + i K + k
