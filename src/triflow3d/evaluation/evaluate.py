@@ -35,7 +35,6 @@ from triflow3d import conventions as cv
 from triflow3d.assets.normalize import normalization_transform
 from triflow3d.assets.types import Asset
 from triflow3d.cameras import Rig, orbit_rig, zero123pp_rig
-from triflow3d.data.views import composite_white
 from triflow3d.errors import ConfigError, TriflowError
 from triflow3d.evaluation.colour import classify_colour, dominant_colour
 from triflow3d.evaluation.distribution import distribution_metrics
@@ -471,15 +470,15 @@ def image_metrics(samples: Sequence[Sample], rows: Sequence[PromptRow], bank: Ba
 
 # --- encoder round trips: the ceiling of a generator, and of a reconstructor's held-out objects -----------
 def encoder_views(asset: Asset, renderer, size: int) -> torch.Tensor:
-    """An asset's six Zero123++ views as the reconstructor reads them -> (6, 3, S, S) on white, with the
-    8-bit rounding of rendered view files (``triflow3d render``, read back by ``triflow3d encode``)."""
+    """An asset's six Zero123++ views as the reconstructor reads them -> RGBA (6, 4, S, S), straight alpha,
+    with the 8-bit rounding of rendered view files (``triflow3d render``, read back by ``triflow3d encode``)."""
     rgba = np.round(np.clip(renderer.render(asset, zero123pp_rig(), size).rgba, 0.0, 1.0) * 255.0) / 255.0
-    return composite_white(torch.from_numpy(rgba).permute(0, 3, 1, 2).float())
+    return torch.from_numpy(rgba).permute(0, 3, 1, 2).float()
 
 
 @torch.inference_mode()
 def roundtrip_mesh(recon, views: torch.Tensor, cameras: torch.Tensor, cfg: EvalConfig):
-    """Views (V, 3, S, S) on white + input cameras (V, 16) -> the reconstructor's triplane -> its mesh,
+    """Views (V, 4, S, S) RGBA + input cameras (V, 16) -> the reconstructor's triplane -> its mesh,
     extracted as a generated object's (``cfg.resolution``, ``cfg.threshold``; ``Generated.to_mesh``)."""
     dev = next(recon.parameters()).device
     planes = recon.forward_planes(views[None].to(dev), cameras[None].to(dev)).float()
@@ -542,7 +541,7 @@ def views_roundtrip(
         for k, i in enumerate(ids):
             meta, views = folder.row(i), folder.load(i, size)
             rows.append(PromptRow(str(meta.get("caption", "")), dict(meta.get("attributes") or {})))
-            make = partial(roundtrip_mesh, recon, composite_white(views.images), views.input_cameras, cfg)
+            make = partial(roundtrip_mesh, recon, views.images, views.input_cameras, cfg)
             samples.append(measure_mesh(Sample(k, rows[k].caption, 0), make, k, cfg))
             bar.advance(task)
     bank = reference_bank(cfg, make_renderer(cfg.render_backend), cache_dir)
