@@ -698,6 +698,8 @@ def evaluate(
         "total_s": round(time.perf_counter() - t0, 2),
     }
     for name, recs in (("samples.jsonl", records), ("ceiling.jsonl", ceiling_records)):
+        if not recs and name == "ceiling.jsonl":
+            continue
         with atomic_path(out / name) as tmp:
             append_jsonl(tmp, recs)
     figs = figures(samples, rows, bank, tables, out)
