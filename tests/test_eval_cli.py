@@ -64,7 +64,8 @@ def test_eval_shapes_test(shapes_run, capsys):
     assert saved["metrics"]["n_generated"] == m["n_generated"] == 2
     for key in ("failure_rate", "overall", "per_category", "image", "reconstruction", "timing"):
         assert key in m
-    for key in ("category_accuracy", "colour_accuracy", "chamfer", "fscore@0.02", "mmd", "cov", "1nna"):
+    for key in ("category_accuracy", "colour_accuracy", "chamfer", "fscore@0.02", "mmd", "cov", "1nna",
+                "floater_share", "fragmented_share", "components_median"):  # fmt: skip
         assert key in m["overall"]
     assert 0.0 <= m["failure_rate"] <= 1.0
     want = {sample_spec(sample_seed("test", i), "test").category for i in range(2)}
@@ -83,6 +84,16 @@ def test_eval_shapes_test(shapes_run, capsys):
         assert (out / "figures" / name).is_file() and f"figures/{name}" in report
     assert len(list((out / "cache").glob("refs-*.npz"))) == 1
     assert len((out / "samples.jsonl").read_text().splitlines()) == 2
+    ceiling = m["ceiling"]["overall"]  # the round trip of each prompt's own shape, scored the same way
+    assert ceiling["n"] == 2 and set(ceiling) == set(m["overall"]) - {"mmd", "cov", "1nna"}
+    assert [json.loads(x)["row"] for x in (out / "ceiling.jsonl").read_text().splitlines()] == [0, 1]
+    row = m["vs_ceiling"]["category_accuracy"]
+    assert (
+        row["model"] == m["overall"]["category_accuracy"] and row["ceiling"] == ceiling["category_accuracy"]
+    )
+    assert "## vs_ceiling" in report and "## ceiling" in report and "floater share" in report
+    if m["n_failed"] < 2:
+        assert 0.0 <= m["overall"]["floater_share"] <= 1.0 and m["overall"]["components_median"] >= 1
 
 
 def test_eval_is_deterministic_and_reuses_cache(shapes_run, capsys):
@@ -109,6 +120,76 @@ def test_eval_jsonl_free_form(model, tmp_path, capsys, monkeypatch_module):
     assert m["overall"]["chamfer"] is None  # free-form prompts have no ground-truth shape
     assert m["reconstruction"]["psnr"]["available"] is False
     assert m["seen_vs_heldout"] == {}
+
+
+def test_ceiling_and_recon_eval_share_one_scoring(model, tmp_path):
+    """views_roundtrip (``recon eval``) on rendered test shapes gives exactly the eval's ceiling records."""
+    from triflow3d.data.views import ViewsFolder
+    from triflow3d.evaluation.evaluate import ceiling_samples, ceiling_tables, reference_bank, views_roundtrip
+    from triflow3d.pipeline import TextTo3DPipeline
+    from triflow3d.render import make_renderer
+
+    assert main(["shapes", "make", "--n", "2", "--split", "test", "--out", str(tmp_path / "s")]) == 0
+    assert main(["render", str(tmp_path / "s"), "--out", str(tmp_path / "v"), "--rig", "zero123pp",
+                 "--size", "16"]) == 0  # fmt: skip
+    recon = TextTo3DPipeline.from_pretrained(model["dir"]).reconstructor
+    cfg = EvalConfig(points=64, refs_per_category=1, views=1, image_size=16, resolution=16,
+                     threshold=model["threshold"])  # fmt: skip
+    folder = ViewsFolder(tmp_path / "v")
+    got = views_roundtrip(recon, folder, folder.ids, cfg, progress=False)
+    rows, renderer = load_prompts("shapes:test", 2), make_renderer(cfg.render_backend)
+    bank = reference_bank(cfg, renderer, None)
+    want = ceiling_tables(
+        object_records(ceiling_samples(recon, rows, cfg, renderer, False), rows, bank, cfg), ()
+    )
+    assert got["n"] == 2 and got["category_accuracy"] is not None and got["chamfer"] is None  # no truth
+    same = ("n", "failure_rate", "category_accuracy", "colour_accuracy", "colour_accuracy_plain",
+            "floater_share", "fragmented_share", "components_median")  # fmt: skip
+    groups = [(got, want["overall"])] + [(got["seen_vs_heldout"][k], want[k]) for k in ("seen", "heldout")]
+    assert [[g[k] for k in same] for g, _ in groups] == [[w[k] for k in same] for _, w in groups]
+
+
+def test_freeform_prompt_set():
+    """The committed free-form set: >= 60 prompts, every category, valid attributes, never the templates."""
+    from triflow3d.evaluation.evaluate import FREEFORM_FILE
+    from triflow3d.shapes import PALETTE
+    from triflow3d.shapes.splits import is_heldout
+
+    rows = load_prompts("freeform", 1000)
+    assert len(rows) >= 60 and rows == load_prompts(str(FREEFORM_FILE), 1000)
+    assert {r.attributes["category"] for r in rows} == set(CATEGORIES)
+    assert {r.attributes["colour"] for r in rows} == set(PALETTE)
+    assert all(r.attributes["heldout_combo"] == is_heldout(r.attributes["category"], r.attributes["colour"])
+               for r in rows)  # fmt: skip
+    assert len({r.caption for r in rows}) == len(rows)
+    assert "never train" in FREEFORM_FILE.read_text().splitlines()[1].lower()
+    # not in the caption templates' words: none equals a benchmark caption (checked on 20k train when written)
+    bench = {
+        sample_spec(sample_seed(s, i), s).caption
+        for s, n in (("train", 1000), ("test", 300))
+        for i in range(n)
+    }
+    assert not bench & {r.caption for r in rows}
+
+
+def test_eval_unconditional(model, tmp_path, capsys, monkeypatch_module):
+    out = tmp_path / "run"
+    args = ["eval", "--model", str(model["dir"]), "--prompts", "unconditional", "--n-prompts", "3",
+            "--out", str(out), "--json", "--threshold", str(model["threshold"]), *SMALL[:-2], "0", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    m = _last_json(capsys.readouterr().out)
+    assert m["n_generated"] == 3 and "ceiling" not in m and m["per_category"] == {}
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["seed"]) for r in samples] == [("", 0), ("", 1), ("", 2)]
+    d = m["distribution"]  # against the whole bank: 13 categories x 1 reference
+    if m["n_failed"] < 3:
+        assert (
+            d["n_ref"] == len(CATEGORIES)
+            and d["n_gen"] == 3 - m["n_failed"]
+            and 1 <= d["categories_hit"] <= 3
+        )
+        assert 0.0 <= d["cov"] <= 1.0 and 0.0 <= d["1nna"] <= 1.0 and d["mmd"] > 0
+    assert m["image"]["clip_score"]["available"] is False
 
 
 def test_bad_prompt_files(tmp_path):

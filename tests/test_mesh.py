@@ -5,11 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import trimesh
 from safetensors.torch import load_file
 
 from triflow3d.errors import ConfigError
+from triflow3d.evaluation.geometry import fragmentation
 from triflow3d.triplane import TriplaneField
-from triflow3d.triplane.mesh import density_grid, extract_mesh, field_grid
+from triflow3d.triplane.mesh import (
+    density_grid,
+    drop_small_components,
+    extract_mesh,
+    field_grid,
+    floaters,
+    mesh_components,
+)
 
 PLANES = torch.zeros(1, 3, 1, 4, 4)  # unused by the analytic fields
 
@@ -100,3 +109,38 @@ def test_parity_grid(parity_dir):
     torch.testing.assert_close(field_grid(field, exp["planes"], 32, "rgb"), exp["grid_rgb"], **tol)
     mesh = extract_mesh(field, exp["planes"], resolution=32, coarse_to_fine=False)
     assert len(mesh.faces) > 0 and np.abs(mesh.vertices).max() <= 1.0
+
+
+# --- connected components, floaters ------------------------------------------------------------------
+def _spheres(spec) -> trimesh.Trimesh:
+    """Disjoint icospheres (radius, centre), vertex-coloured by index, in one mesh."""
+    parts = []
+    for k, (r, c) in enumerate(spec):
+        s = trimesh.creation.icosphere(subdivisions=2, radius=r)
+        s.apply_translation(c)
+        s.visual.vertex_colors = np.tile([40 * k, 0, 0, 255], (len(s.vertices), 1)).astype(np.uint8)
+        parts.append(s)
+    return trimesh.util.concatenate(parts)
+
+
+def test_components_floaters_and_clean_up():
+    # a body, a large separate part (a lamp's shade: not a floater) and two small pieces (floaters)
+    mesh = _spheres([(0.5, (0, 0, 0)), (0.3, (1, 0, 0)), (0.05, (-1, 0, 0)), (0.05, (0, 1, 0))])
+    label, areas = mesh_components(mesh)
+    assert label.shape == (len(mesh.faces),) and len(areas) == 4
+    np.testing.assert_allclose(areas / areas[0], [1, 0.36, 0.01, 0.01], rtol=1e-6)
+    assert floaters(areas).tolist() == [False, False, True, True]
+    frag = fragmentation(mesh)
+    assert frag.components == 4 and frag.floater_share == pytest.approx(0.02 / 1.38, rel=1e-6)
+    clean = drop_small_components(mesh)
+    assert len(mesh_components(clean)[1]) == 2 and clean.area == pytest.approx(areas[:2].sum())
+    assert sorted(np.unique(clean.visual.vertex_colors[:, 0]).tolist()) == [0, 40]  # colours follow
+    one = _spheres([(0.5, (0, 0, 0))])
+    assert drop_small_components(one) is one and fragmentation(one) == (0.0, 1)
+
+
+def test_marching_cubes_meshes_are_welded_into_components():
+    mesh = extract_mesh(BlobField(((-0.5, 0, 0), (0.5, 0, 0)), radius=0.3), PLANES, 48)
+    assert len(mesh_components(mesh)[1]) == 2 and fragmentation(mesh).floater_share == 0.0
+    with pytest.raises(ConfigError, match="zero"):
+        fragmentation(trimesh.Trimesh())

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import trimesh
 
 from triflow3d.cli import main
 from triflow3d.encoders import PRESETS as RECON_PRESETS
 from triflow3d.encoders import build_reconstructor
 from triflow3d.errors import CheckpointError, ConfigError
+from triflow3d.evaluation.geometry import fragmentation
 from triflow3d.latents import LatentNormalizer
 from triflow3d.models import PRESETS, FakeTextEncoder, TriFlow
 from triflow3d.pipeline import SamplerSettings, TextTo3DPipeline
@@ -120,6 +122,28 @@ def test_guidance_text_and_denormalisation_matter(pipe):
     torch.testing.assert_close(shifted, base * (2.0 + 1e-6) + 100.0, atol=1e-3, rtol=0)
     centred = tiny_pipeline(text_center=torch.ones(TEXT_DIM))("a chair", seed=2)[0].triplane
     assert (centred - base).abs().max() > 1e-4
+
+
+def test_unconditional_is_the_null_condition_of_training():
+    """Training drops a caption to "" (TextTable, centred); sampling without a prompt uses exactly that
+    embedding, with no guidance: the same velocity as the unconditional branch of CFG (cfg 0)."""
+    from triflow3d.train.trainer import TextTable
+
+    encoder = FakeTextEncoder(TEXT_DIM)
+    table = TextTable(encoder, ["a red chair", "a blue mug"], center=True)
+    pipe = tiny_pipeline(text_encoder=encoder, text_center=table.center)
+    trained, sampled = table([""], torch.device("cpu")), pipe.encode([""])
+    torch.testing.assert_close(sampled.pooled, trained.pooled)
+    torch.testing.assert_close(sampled.tokens[sampled.mask], trained.tokens[trained.mask])
+    gens = pipe.unconditional(3, seed=[5, 6, 7], batch_size=2)
+    assert [(g.prompt, g.seed, g.settings["cfg"]) for g in gens] == [("", 5, 1.0), ("", 6, 1.0), ("", 7, 1.0)]
+    torch.testing.assert_close(gens[1].triplane, pipe.unconditional(1, seed=6)[0].triplane, atol=1e-5, rtol=0)
+    cfg0 = pipe("a red chair", seed=6, cfg=0.0)[0].triplane  # v = v_u + 0 (v_c - v_u)
+    torch.testing.assert_close(gens[1].triplane, cfg0, atol=1e-4, rtol=0)
+    assert (gens[0].triplane - gens[1].triplane).abs().max() > 0.1
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="n >= 1"):
+            pipe.unconditional(bad)
 
 
 def test_bad_prompts_and_seeds(pipe):
@@ -283,6 +307,24 @@ def test_cli_bad_input_leaves_nothing(tmp_path, model_dir, monkeypatch, capsys, 
     )  # a per-prompt failure (utils/batch.py)
     assert err[-1].startswith(first) and "Traceback" not in "".join(err)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_cli_unconditional_and_drop_floaters(tmp_path, model_dir, pipe, capsys):
+    thr = median_density(pipe.unconditional(1, seed=0)[0])
+    args = ["--unconditional", "--n", "2", "--format", "ply", "--resolution", "16", "--threshold", str(thr)]
+    assert _cli(model_dir, tmp_path / "u", *args) == 0
+    folders = sorted(p.name for p in (tmp_path / "u").glob("00*"))
+    assert folders == ["000-unconditional-s0", "001-unconditional-s1"]
+    info = json.loads((tmp_path / "u" / folders[0] / "info.json").read_text())
+    assert info["prompt"] == "" and info["settings"]["cfg"] == 1.0
+    assert _cli(model_dir, tmp_path / "c", *args, "--drop-floaters") == 0
+    raw, clean = (trimesh.load(tmp_path / d / folders[0] / "mesh.ply") for d in ("u", "c"))
+    assert fragmentation(clean).floater_share == 0.0 and 0 < len(clean.faces) <= len(raw.faces)
+    for bad in (["a chair", "--unconditional", "--n", "2"], ["--unconditional"], ["--n", "2"],
+                ["--unconditional", "--n", "2", "--cfg", "3"]):  # fmt: skip
+        assert _cli(model_dir, tmp_path / "bad", *bad) == 1
+        assert "--unconditional" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_help():

@@ -291,6 +291,9 @@ def test_eval_json_and_export(folders, tmp_path, capsys):
     assert all(o["views"] == 2 for o in objs) and min(o["psnr"] for o in objs) == res["psnr_min_object"]
     assert math.isclose(sum(o["psnr"] for o in objs) / 3, res["psnr"], abs_tol=1e-3)
     assert math.isclose(sum(o["iou"] for o in objs) / 3, res["iou"], abs_tol=1e-4)
+    rt = res["roundtrip"]  # triflow3d eval's scoring of the round-trip meshes (spheres: no attributes)
+    assert rt["n"] == 3 and rt["category_accuracy"] is None and rt["colour_accuracy"] is None
+    assert {"failure_rate", "floater_share", "fragmented_share", "components_median"} <= set(rt)
 
 
 def test_greyscale_keeps_alpha_and_luma():

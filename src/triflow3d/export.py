@@ -26,6 +26,7 @@ from triflow3d.assets.export import Z_UP_TO_Y_UP, save_glb
 from triflow3d.assets.export import save_mesh as save_asset_mesh
 from triflow3d.assets.types import Asset, MeshPart
 from triflow3d.errors import AssetError, ConfigError
+from triflow3d.triplane.mesh import drop_small_components
 from triflow3d.utils.io import atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -252,6 +253,7 @@ class ExportOptions:
     resolution: int = 128  # marching-cubes grid
     threshold: float | None = None  # density level; None = the encoder's default
     decimate: int | None = None  # target face count (None: keep all)
+    drop_floaters: bool = False  # remove components with < 5 % of the surface each (never for metrics)
     texture: int = 0  # > 0: UV-textured GLB / OBJ with a texture of this size (else vertex colours)
     preview: str = "mesh"  # renders for mp4 / gif / png: "mesh" (rasterised, fast) | "volume" (the field)
     video_size: int = 256
@@ -284,6 +286,8 @@ def export_generated(
     before = set(os.listdir(folder))
     need_mesh = bool(MESH_FORMATS & set(formats)) or (opts.preview == "mesh" and IMAGE_FORMATS & set(formats))
     mesh = gen.to_mesh(opts.resolution, opts.threshold, opts.decimate) if need_mesh else None
+    if mesh is not None and opts.drop_floaters:
+        mesh = drop_small_components(mesh)
     if mesh is not None:
         res.vertices, res.faces = len(mesh.vertices), len(mesh.faces)
     if mesh is not None and len(mesh.faces) == 0 and MESH_FORMATS & set(formats):

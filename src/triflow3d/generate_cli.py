@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prompts-file", type=Path, help="more prompts, one per line (# comments, blanks skipped)"
     )
+    p.add_argument(
+        "--unconditional", action="store_true", help="sample without a prompt (needs --n, no prompts)"
+    )
+    p.add_argument("--n", type=int, help="number of unconditional objects")
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per object)")
     p.add_argument(
         "--seed", type=int, nargs="+", default=[0], help="S (prompt k gets S + k) or one per prompt"
@@ -48,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, default=128, help="marching-cubes grid resolution (default 128)")
     p.add_argument("--threshold", type=float, help="density iso-level (default: the encoder's, 10)")
     p.add_argument("--decimate", type=int, help="simplify meshes to this many faces")
+    p.add_argument("--drop-floaters", action="store_true",
+                   help="remove connected pieces with < 5%% of the surface area each (off for metrics)")  # fmt: skip
     p.add_argument("--texture", type=int, default=0, help="UV-textured glb/obj with a texture of this size")
     p.add_argument(
         "--preview", choices=RENDERERS, default="mesh", help="renderer of mp4/gif/png (volume: slow)"
@@ -64,7 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
-    """Prompts from the command line then the file; ConfigError on none or an empty one."""
+    """Prompts from the command line then the file ("" x N with --unconditional); ConfigError on none or an
+    empty one."""
+    if args.unconditional or args.n is not None:
+        return unconditional_prompts(args)
     prompts = list(args.prompts)
     if args.prompts_file is not None:
         try:
@@ -78,6 +87,14 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         if not prompt.strip():
             raise ConfigError(f"prompt {i + 1} is empty; describe the object to generate")
     return [p.strip() for p in prompts]
+
+
+def unconditional_prompts(args: argparse.Namespace) -> list[str]:
+    if not args.unconditional or args.n is None or args.n < 1:
+        raise ConfigError("unconditional sampling needs both --unconditional and --n N (N >= 1)")
+    if args.prompts or args.prompts_file is not None or args.cfg is not None:
+        raise ConfigError("--unconditional takes no prompts and no --cfg (there is nothing to guide towards)")
+    return [""] * args.n
 
 
 def seeds_for(seed: list[int], n: int) -> list[int]:
@@ -102,6 +119,7 @@ def export_options(args: argparse.Namespace) -> ExportOptions:
         raise ConfigError("--texture must be >= 0 and --decimate >= 4")
     return ExportOptions(
         resolution=args.resolution, threshold=args.threshold, decimate=args.decimate, texture=args.texture,
+        drop_floaters=args.drop_floaters,
         preview=args.preview, video_size=args.video_size, frames=args.frames, fps=args.fps,
         views_size=args.video_size,
     )  # fmt: skip
@@ -141,7 +159,11 @@ def run(args: argparse.Namespace) -> int:
         for i in range(0, len(prompts), settings.batch_size):
             part = list(range(i, min(i + settings.batch_size, len(prompts))))
             bar.update(task, status=f"sampling {len(part)}")
-            gens = pipe([prompts[k] for k in part], [seeds[k] for k in part], **over)
+            if args.unconditional:  # no cfg (checked in unconditional_prompts)
+                kw = {k: v for k, v in over.items() if k != "cfg"}
+                gens = pipe.unconditional(len(part), [seeds[k] for k in part], **kw)
+            else:
+                gens = pipe([prompts[k] for k in part], [seeds[k] for k in part], **over)
             _warn_lines(caught)
             for k, gen in zip(part, gens):
                 bar.update(task, status=f"exporting {k + 1}")
@@ -160,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 def _export_one(out: Path, index: int, gen, formats: list[str], opts: ExportOptions, args) -> None:
     """Export into OUT/<index>-<slug>-s<seed> atomically, log a row and print the summary line."""
     t0 = time.perf_counter()
-    name = f"{index:03d}-{slug(gen.prompt)}-s{gen.seed}"
+    name = f"{index:03d}-{slug(gen.prompt) if gen.prompt else 'unconditional'}-s{gen.seed}"
     with atomic_path(out / name) as tmp:
         result = export_generated(gen, tmp, formats, opts)
         seconds = gen.seconds + time.perf_counter() - t0

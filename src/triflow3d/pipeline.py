@@ -470,8 +470,30 @@ class TextTo3DPipeline:
         one seed per prompt; a (prompt, seed) pair gives the same object whatever else is in the batch.
         ``callback(done, total)`` is called after each batch (progress bars)."""
         prompts = _clean_prompts(prompts)
-        seeds = _seeds(seed, len(prompts))
         over = dict(steps=steps, cfg=cfg, sampler=sampler, shift=shift, batch_size=batch_size)
+        return self._generate(prompts, _seeds(seed, len(prompts)), over, callback)
+
+    def unconditional(
+        self,
+        n: int,
+        seed: int | list[int] = 0,
+        steps: int | None = None,
+        sampler: str | None = None,
+        shift: float | None = None,
+        batch_size: int | None = None,
+        callback=None,
+    ) -> list[Generated]:
+        """``n`` objects without a prompt. Training replaces a caption by the empty caption with probability
+        ``cfg_dropout`` (``train.trainer``), so the null condition is the encoded empty prompt (centred like
+        every prompt), exactly the unconditional branch of CFG; there is no guidance (cfg 1). Seeds as in
+        ``__call__``; ``Generated.prompt`` is ""."""
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ConfigError(f"unconditional sampling needs n >= 1 objects, got {n!r}")
+        over = dict(steps=steps, cfg=1.0, sampler=sampler, shift=shift, batch_size=batch_size)
+        return self._generate([""] * int(n), _seeds(seed, int(n)), over, callback)
+
+    def _generate(self, prompts: list[str], seeds: list[int], over: dict, callback) -> list[Generated]:
+        """Batches of ``sample`` with the model's settings updated by the non-None values of ``over``."""
         settings = dataclasses.replace(self.settings, **{k: v for k, v in over.items() if v is not None})
         info = {k: getattr(settings, k) for k in ("steps", "cfg", "sampler", "shift")}
         out: list[Generated] = []

@@ -17,9 +17,9 @@ _DEFAULTS = EvalConfig()
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model folder (default: the shipped triflow-small)")
-    p.add_argument(
-        "--prompts", default="shapes:test", help="shapes:SPLIT or a JSONL file (default shapes:test)"
-    )
+    p.add_argument("--prompts", default="shapes:test",
+                   help="shapes:SPLIT, freeform (the committed free-form set), unconditional (no prompt; "
+                   "--n-prompts objects) or a JSONL file (default shapes:test)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder (report, metrics, figures, cache)")
     p.add_argument(
         "--n-prompts", type=int, default=_DEFAULTS.n_prompts, help="first N prompts (default %(default)s)"
@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=_DEFAULTS.image_size, help="render size in pixels")
     p.add_argument("--recon-objects", type=int, default=_DEFAULTS.recon_objects,
                    help="held-out shapes for the encoder round trip (0: skip)")  # fmt: skip
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                   help="skip the ceiling (round trip of each benchmark prompt's own shape)")  # fmt: skip
     p.add_argument("--inception", help="Inception TorchScript .pt for FID / KID (else $TRIFLOW3D_INCEPTION)")
     p.add_argument("--clip", help="local CLIP model folder (else $TRIFLOW3D_CLIP / the HF cache)")
     p.add_argument("--text-encoder-path", type=Path, help="local folder of a clip-l / t5 text encoder")
@@ -50,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     keys = ("prompts", "n_prompts", "n_per_prompt", "seed", "steps", "cfg", "sampler", "batch_size",
             "resolution", "threshold", "points", "refs_per_category", "views", "image_size",
-            "recon_objects", "inception", "clip")  # fmt: skip
+            "recon_objects", "ceiling", "inception", "clip")  # fmt: skip
     return EvalConfig(**{k: getattr(args, k) for k in keys})
 
 
@@ -60,10 +62,20 @@ def _fmt(v: object, scale: float = 1.0) -> str:
 
 def summary_line(m: dict) -> str:
     o = m["overall"]
+    c = (m.get("ceiling") or {}).get("overall")
+    ceiling = (
+        f" (ceiling: category {_fmt(c['category_accuracy'])}, colour {_fmt(c['colour_accuracy'])}, "
+        f"floater share {_fmt(c['floater_share'])})"
+        if c
+        else ""
+    )
+    d = m.get("distribution") or o
     return (
         f"{m['n_generated']} objects, failure {_fmt(m['failure_rate'], 100)}%, "
         f"category acc {_fmt(o['category_accuracy'])}, colour acc {_fmt(o['colour_accuracy'])}, "
-        f"MMD-CD x1e3 {_fmt(o['mmd'], 1e3)}, COV {_fmt(o['cov'], 100)}%, 1-NNA {_fmt(o['1nna'], 100)}%"
+        f"floater share {_fmt(o['floater_share'])} ({_fmt(o['fragmented_share'], 100)}% above 0.05)"
+        f"{ceiling}, MMD-CD x1e3 {_fmt(d['mmd'], 1e3)}, COV {_fmt(d['cov'], 100)}%, "
+        f"1-NNA {_fmt(d['1nna'], 100)}%"
     )
 
 

@@ -2,12 +2,17 @@
 
 Protocol (docs/evaluation.md, section 7): each prompt is sampled ``n_per_prompt`` times (seed
 ``seed + i * K + k``); each object becomes a marching-cubes mesh, ``points`` surface samples (seed = its
-index), a dominant colour and ``views`` rasterised renders. A fixed *reference bank* of
-``refs_per_category`` test-split shapes per category (seed stream ``REF_STREAM``, so never the prompts'
-own shapes) gives nearest-neighbour category labels, per-category COV / MMD / 1-NNA and the FID reference
-images; it is cached under ``OUT/cache`` keyed by a hash of everything that defines it. Prompts from the
-benchmark (``shapes:SPLIT``) also get Chamfer / F-score against their own ground-truth solid. Broken
-meshes count in ``failure_rate`` and are left out of every other metric.
+index), a dominant colour, its fragmentation (floater share, components) and ``views`` rasterised
+renders. A fixed *reference bank* of ``refs_per_category`` test-split shapes per category (seed stream
+``REF_STREAM``, so never the prompts' own shapes) gives nearest-neighbour category labels, per-category
+COV / MMD / 1-NNA and the FID reference images; it is cached under ``OUT/cache`` keyed by a hash of
+everything that defines it. Prompts from the benchmark (``shapes:SPLIT``) also get Chamfer / F-score
+against their own ground-truth solid, and the *ceiling*: the encoder round trip of that same shape (its
+Zero123++ renders -> the model's reconstructor -> mesh), measured and scored by the same code
+(``measure_mesh``, ``object_records``, ``summarize``; ``views_roundtrip`` does the same for a views folder,
+for ``triflow3d recon eval``). ``unconditional`` samples without a prompt and is scored by distribution
+metrics against the whole bank. Broken meshes count in ``failure_rate`` and are left out of every other
+metric.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import trimesh
 
 from triflow3d import conventions as cv
+from triflow3d.assets.normalize import normalization_transform
 from triflow3d.assets.types import Asset
 from triflow3d.cameras import Rig, orbit_rig, zero123pp_rig
 from triflow3d.errors import ConfigError, TriflowError
@@ -35,6 +43,7 @@ from triflow3d.evaluation.geometry import (
     broken_reason,
     chamfer_distance,
     f_score,
+    fragmentation,
     mesh_vertex_colours,
     nn_classify,
     pairwise_chamfer,
@@ -45,19 +54,27 @@ from triflow3d.shapes import (
     CATEGORIES,
     PALETTE,
     SHAPES_VERSION,
+    ShapeSpec,
     build_asset,
     sample_seed,
     sample_spec,
     shape_solid,
 )
 from triflow3d.shapes.splits import SPLITS
+from triflow3d.triplane.mesh import FLOATER_SHARE
 from triflow3d.utils.io import append_jsonl, atomic_path
 from triflow3d.utils.progress import progress_bar
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: benchmark shapes normalised like rendered training data (benchmark_object)
 REF_STREAM = 1  # sample_seed offset of the reference bank (the prompts use the canonical stream 0)
 RECON_STREAM = 2  # sample_seed offset of the encoder round-trip shapes
 SHAPES_PREFIX = "shapes:"
+UNCONDITIONAL = "unconditional"  # --prompts source: samples without a prompt (the null condition)
+FREEFORM = "freeform"  # --prompts source: the committed free-form prompt set (never trained on)
+FREEFORM_FILE = Path(__file__).parent / "prompts" / "freeform.jsonl"
+FRAGMENTED_ABOVE = 0.05  # a sample whose floater share exceeds this counts as fragmented
+CEILING_KEYS = ("failure_rate", "category_accuracy", "colour_accuracy", "colour_accuracy_plain", "chamfer",
+                "fscore@0.05", "floater_share", "fragmented_share")  # fmt: skip
 FIGURE_COLUMNS = 4  # generated (and reference) tiles per category in the grid figure
 
 
@@ -65,7 +82,7 @@ FIGURE_COLUMNS = 4  # generated (and reference) tiles per category in the grid f
 class EvalConfig:
     """Everything that defines an evaluation run (written into the report's protocol)."""
 
-    prompts: str = "shapes:test"  # shapes:SPLIT or a JSONL file (caption, optional attributes)
+    prompts: str = "shapes:test"  # shapes:SPLIT, freeform, unconditional or a JSONL file
     n_prompts: int = 100  # first N prompts
     n_per_prompt: int = 1  # K samples per prompt
     seed: int = 0  # prompt i, sample k gets seed + i K + k
@@ -83,6 +100,7 @@ class EvalConfig:
     fov: float = cv.RENDER_FOV_DEG
     image_size: int = 128
     recon_objects: int = 4  # held-out shapes for the encoder round trip (0: skip)
+    ceiling: bool = True  # also measure the round trip of each benchmark prompt's own shape
     inception: str | None = None  # FID network (.pt); None: $TRIFLOW3D_INCEPTION / caches
     clip: str | None = None  # CLIP folder; None: $TRIFLOW3D_CLIP / HF cache
     render_backend: str = "auto"  # asset rasteriser of triflow3d.render
@@ -118,7 +136,12 @@ class PromptRow:
 
 # --- prompts -------------------------------------------------------------------------------------------
 def load_prompts(source: str, n: int) -> list[PromptRow]:
-    """The first ``n`` prompts of ``shapes:SPLIT`` (benchmark captions + attributes) or a JSONL file."""
+    """The first ``n`` prompts of ``shapes:SPLIT`` (benchmark captions + attributes), ``freeform`` (the
+    committed free-form set), ``unconditional`` (``n`` empty prompts: no condition) or a JSONL file."""
+    if source == UNCONDITIONAL:
+        return [PromptRow("") for _ in range(n)]
+    if source == FREEFORM:
+        source = str(FREEFORM_FILE)
     if source.startswith(SHAPES_PREFIX):
         split = source.removeprefix(SHAPES_PREFIX)
         if split not in SPLITS:
@@ -130,10 +153,15 @@ def load_prompts(source: str, n: int) -> list[PromptRow]:
         lines = path.read_text().splitlines()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read prompts file ({e.strerror})") from None
-    rows = [_prompt_row(line, path, k + 1) for k, line in enumerate(lines) if line.strip()]
+    rows = [_prompt_row(line, path, k + 1) for k, line in enumerate(lines) if _is_data(line)]
     if not rows:
         raise ConfigError(f"{path}: no prompts (one JSON object per line with a 'caption')")
     return rows[:n]
+
+
+def _is_data(line: str) -> bool:
+    """JSONL prompt files skip blank lines and ``#`` comment lines."""
+    return bool(line.strip()) and not line.lstrip().startswith("#")
 
 
 def _prompt_row(line: str, path: Path, lineno: int) -> PromptRow:
@@ -186,11 +214,12 @@ class Bank:
         return np.array([i for i, lab in enumerate(self.labels) if lab == category], dtype=np.int64)
 
 
-def reference_bank(cfg: EvalConfig, renderer, cache_dir: Path, progress: bool = False) -> Bank:
-    """The cached reference bank, built on first use (``refs_per_category`` test shapes per category)."""
+def reference_bank(cfg: EvalConfig, renderer, cache_dir: Path | None, progress: bool = False) -> Bank:
+    """The reference bank (``refs_per_category`` test shapes per category), cached in ``cache_dir`` (built on
+    first use there; ``None``: built, not cached)."""
     key = protocol_hash(bank_protocol(cfg, renderer.name))
-    path = cache_dir / f"refs-{key}.npz"
-    if path.is_file():
+    path = None if cache_dir is None else cache_dir / f"refs-{key}.npz"
+    if path is not None and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return Bank(z["points"], [str(s) for s in z["labels"]], z["images"], key)
     rig, points, images, labels = eval_rig(cfg), [], [], []
@@ -198,16 +227,29 @@ def reference_bank(cfg: EvalConfig, renderer, cache_dir: Path, progress: bool = 
     with progress_bar(disable=None if progress else True) as bar:
         task = bar.add_task("references", total=len(jobs), status="")
         for k, (category, _) in enumerate(jobs):
-            spec = sample_spec(sample_seed("test", k, REF_STREAM), "test", category=category)
-            points.append(sample_surface(shape_solid(spec), cfg.points, seed=0)[0])
-            images.append(_to_uint8(renderer.render(build_asset(spec), rig, cfg.image_size).rgb_on_white()))
+            asset, solid = benchmark_object(
+                sample_spec(sample_seed("test", k, REF_STREAM), "test", category=category)
+            )
+            points.append(sample_surface(solid, cfg.points, seed=0)[0])
+            images.append(_to_uint8(renderer.render(asset, rig, cfg.image_size).rgb_on_white()))
             labels.append(category)
             bar.advance(task)
     bank = Bank(np.stack(points), labels, np.stack(images), key)
+    if path is None:
+        return bank
     with atomic_path(path) as tmp:
         with tmp.open("wb") as f:
             np.savez(f, points=bank.points, labels=np.array(labels), images=bank.images)
     return bank
+
+
+def benchmark_object(spec: ShapeSpec) -> tuple[Asset, trimesh.Trimesh]:
+    """A benchmark shape in the frame the models were trained in: its asset normalised as ``triflow3d render``
+    does (``assets.normalize``: bounding sphere of radius ``OBJECT_RADIUS``; ``shapes`` itself fills 0.9),
+    and its watertight solid under the same transform."""
+    asset = build_asset(spec)
+    matrix = normalization_transform(asset)
+    return asset.transformed(matrix), shape_solid(spec).apply_transform(matrix)
 
 
 def _to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -231,17 +273,33 @@ class Sample:
     failure: str | None = None
     points: np.ndarray | None = None  # (N, 3)
     colour: str | None = None  # classified dominant colour
+    floater_share: float | None = None  # surface share in components with < 5 % of the area each
+    components: int | None = None  # connected components of the mesh
     images: np.ndarray | None = None  # (V, S, S, 3) uint8
     seconds: float = 0.0
 
 
 def measure(gen, index: int, row: int, cfg: EvalConfig, renderer, rig: Rig) -> Sample:
-    """Mesh, surface points, dominant colour and renders of one ``pipeline.Generated``."""
+    """Mesh, surface points, dominant colour, fragmentation and renders of one ``pipeline.Generated``."""
+    s = Sample(row, gen.prompt, gen.seed, seconds=gen.seconds)
+    return measure_mesh(s, lambda: gen.to_mesh(cfg.resolution, cfg.threshold), index, cfg, renderer, rig)
+
+
+def measure_mesh(
+    s: Sample,
+    make_mesh: Callable[[], Any],
+    index: int,
+    cfg: EvalConfig,
+    renderer=None,
+    rig: Rig | None = None,
+) -> Sample:
+    """Fill ``s`` with the measurements of one object's mesh ``make_mesh()`` (a generated object or a round
+    trip, before any clean-up): failure, ``cfg.points`` surface points and the dominant colour (seed
+    ``index``), fragmentation, and renders from ``rig`` when a renderer is given."""
     from triflow3d.export import mesh_part
 
-    s = Sample(row, gen.prompt, gen.seed, seconds=gen.seconds)
     try:
-        mesh = gen.to_mesh(cfg.resolution, cfg.threshold)
+        mesh = make_mesh()
     except (TriflowError, ValueError, RuntimeError) as e:
         s.failure = f"mesh extraction failed: {e}"
         return s
@@ -251,7 +309,9 @@ def measure(gen, index: int, row: int, cfg: EvalConfig, renderer, rig: Rig) -> S
     s.points = sample_surface(mesh, cfg.points, seed=index)[0]
     if mesh_vertex_colours(mesh) is not None:
         s.colour = classify_colour(dominant_colour(mesh, seed=index))
-    s.images = _to_uint8(renderer.render(Asset((mesh_part(mesh),)), rig, cfg.image_size).rgb_on_white())
+    s.floater_share, s.components = fragmentation(mesh)
+    if renderer is not None and rig is not None:
+        s.images = _to_uint8(renderer.render(Asset((mesh_part(mesh),)), rig, cfg.image_size).rgb_on_white())
     return s
 
 
@@ -264,10 +324,12 @@ def generate_and_measure(pipe, rows: Sequence[PromptRow], cfg: EvalConfig, rende
         task = bar.add_task("generate", total=len(jobs), status="")
         for start in range(0, len(jobs), batch):
             part = jobs[start : start + batch]
-            gens = pipe(
-                [rows[i].caption for i, _ in part], seed=[cfg.seed + i * cfg.n_per_prompt + k for i, k in part],
-                steps=cfg.steps, cfg=cfg.cfg, sampler=cfg.sampler, batch_size=batch,
-            )  # fmt: skip
+            seeds = [cfg.seed + i * cfg.n_per_prompt + k for i, k in part]
+            kw = dict(steps=cfg.steps, sampler=cfg.sampler, batch_size=batch)
+            if cfg.prompts == UNCONDITIONAL:
+                gens = pipe.unconditional(len(part), seed=seeds, **kw)
+            else:
+                gens = pipe([rows[i].caption for i, _ in part], seed=seeds, cfg=cfg.cfg, **kw)
             for j, ((i, _), gen) in enumerate(zip(part, gens)):
                 out.append(measure(gen, start + j, i, cfg, renderer, rig))
                 bar.advance(task)
@@ -282,7 +344,7 @@ def _mean(values: Sequence[float | bool]) -> float | None:
 def ground_truth_points(rows: Sequence[PromptRow], cfg: EvalConfig) -> dict[int, np.ndarray]:
     """Surface points (N, 3) of each benchmark prompt's own shape (seed 0), by row index."""
     return {
-        i: sample_surface(shape_solid(sample_spec(r.shape_seed, r.split)), cfg.points, seed=0)[0]
+        i: sample_surface(benchmark_object(sample_spec(r.shape_seed, r.split))[1], cfg.points, seed=0)[0]
         for i, r in enumerate(rows)
         if r.shape_seed is not None
     }
@@ -300,7 +362,8 @@ def object_records(samples: Sequence[Sample], rows: Sequence[PromptRow], bank: B
         rec = {"row": s.row, "prompt": s.prompt, "seed": s.seed, "failure": s.failure,
                "category": a.get("category"), "colour": a.get("colour"), "pattern": a.get("pattern"),
                "heldout_combo": a.get("heldout_combo"), "pred_category": predicted.get(k),
-               "pred_colour": s.colour, "chamfer": None, "seconds": round(s.seconds, 4)}  # fmt: skip
+               "pred_colour": s.colour, "floater_share": s.floater_share, "components": s.components,
+               "chamfer": None, "seconds": round(s.seconds, 4)}  # fmt: skip
         if s.failure is None and s.row in truth:
             rec["chamfer"] = chamfer_distance(s.points, truth[s.row])
             for tau in cfg.fscore_taus:
@@ -324,6 +387,11 @@ def summarize(records: Sequence[dict], taus: Sequence[float]) -> dict[str, Any]:
     out["chamfer"] = _mean([r["chamfer"] for r in ok if r["chamfer"] is not None])
     for tau in taus:
         out[f"fscore@{tau:g}"] = _mean([r[f"fscore@{tau:g}"] for r in ok if f"fscore@{tau:g}" in r])
+    shares = [r["floater_share"] for r in ok if r.get("floater_share") is not None]
+    out["floater_share"] = _mean(shares)
+    out["fragmented_share"] = _mean([v > FRAGMENTED_ABOVE for v in shares])
+    comps = [r["components"] for r in ok if r.get("components") is not None]
+    out["components_median"] = float(np.median(comps)) if comps else None
     return out
 
 
@@ -356,12 +424,31 @@ def group_tables(records: list[dict], dist: dict[str, dict], taus: Sequence[floa
     overall = summarize(records, taus)
     for k in ("mmd", "cov", "1nna"):  # macro average over the categories that have objects
         overall[k] = _mean([d[k] for d in dist.values()])
-    split = {
+    return {"overall": overall, "per_category": per_category, "seen_vs_heldout": split_tables(records, taus)}
+
+
+def split_tables(records: Sequence[dict], taus: Sequence[float]) -> dict[str, dict]:
+    """``summarize`` of the seen and of the held-out (category, colour) combinations (those present)."""
+    return {
         name: summarize([r for r in records if r["heldout_combo"] is flag], taus)
         for name, flag in (("seen", False), ("heldout", True))
         if any(r["heldout_combo"] is flag for r in records)
     }
-    return {"overall": overall, "per_category": per_category, "seen_vs_heldout": split}
+
+
+def bank_distribution(samples: Sequence[Sample], bank: Bank) -> dict[str, Any]:
+    """All objects against the whole bank (for samples without prompted categories, e.g. unconditional):
+    COV / MMD / 1-NNA on squared Chamfer and how many categories their nearest bank shapes cover."""
+    gen = [s.points for s in samples if s.failure is None]
+    if not gen:
+        return {}
+    g, r = np.stack(gen), bank.points
+    d_gr = pairwise_chamfer(g, r)
+    m = distribution_metrics(d_gr, pairwise_chamfer(g, g), pairwise_chamfer(r, r))
+    hit = {bank.labels[int(j)] for j in d_gr.argmin(dim=1)}
+    return {k: m[k] for k in ("mmd", "cov", "1nna")} | {
+        "n_gen": len(g), "n_ref": len(r), "categories_hit": len(hit),
+    }  # fmt: skip
 
 
 def image_metrics(samples: Sequence[Sample], rows: Sequence[PromptRow], bank: Bank, cfg: EvalConfig, device):
@@ -374,11 +461,95 @@ def image_metrics(samples: Sequence[Sample], rows: Sequence[PromptRow], bank: Ba
         if ok
         else torch.zeros(0, 3, cfg.image_size, cfg.image_size)
     )
-    prompts = [s.prompt for s in ok for _ in range(cfg.views)]
+    prompts = [s.prompt for s in ok for _ in range(cfg.views)] if any(s.prompt for s in ok) else None
     return compute_image_metrics(
         gen, _to_tensor(bank.images[ref_idx]), prompts,
         load_inception(cfg.inception, device), load_clip(cfg.clip, device),
     )  # fmt: skip
+
+
+# --- encoder round trips: the ceiling of a generator, and of a reconstructor's held-out objects -----------
+def encoder_views(asset: Asset, renderer, size: int) -> torch.Tensor:
+    """An asset's six Zero123++ views as the reconstructor reads them -> RGBA (6, 4, S, S), straight alpha,
+    with the 8-bit rounding of rendered view files (``triflow3d render``, read back by ``triflow3d encode``)."""
+    rgba = np.round(np.clip(renderer.render(asset, zero123pp_rig(), size).rgba, 0.0, 1.0) * 255.0) / 255.0
+    return torch.from_numpy(rgba).permute(0, 3, 1, 2).float()
+
+
+@torch.inference_mode()
+def roundtrip_mesh(recon, views: torch.Tensor, cameras: torch.Tensor, cfg: EvalConfig):
+    """Views (V, 4, S, S) RGBA + input cameras (V, 16) -> the reconstructor's triplane -> its mesh,
+    extracted as a generated object's (``cfg.resolution``, ``cfg.threshold``; ``Generated.to_mesh``)."""
+    dev = next(recon.parameters()).device
+    planes = recon.forward_planes(views[None].to(dev), cameras[None].to(dev)).float()
+    kw = {} if cfg.threshold is None else {"threshold": float(cfg.threshold)}
+    return recon.extract_mesh(planes, cfg.resolution, **kw)
+
+
+def ceiling_samples(
+    recon, rows: Sequence[PromptRow], cfg: EvalConfig, renderer, progress: bool
+) -> list[Sample]:
+    """The ceiling: the encoder round trip of each benchmark prompt's own shape (its Zero123++ renders at
+    the reconstructor's input size -> triplane -> mesh), one per prompt, measured like generated objects."""
+    cams, size, out = zero123pp_rig().input_cameras(), int(recon.config.image_size), []
+    todo = [i for i, r in enumerate(rows) if r.shape_seed is not None]
+    with progress_bar(disable=None if progress else True) as bar:
+        task = bar.add_task("ceiling", total=len(todo), status="")
+        for i in todo:
+            asset = benchmark_object(sample_spec(rows[i].shape_seed, rows[i].split))[0]
+            views = encoder_views(asset, renderer, size)
+            s = Sample(i, rows[i].caption, int(rows[i].shape_seed))
+            out.append(measure_mesh(s, partial(roundtrip_mesh, recon, views, cams, cfg), i, cfg))
+            bar.advance(task)
+    return out
+
+
+def ceiling_tables(records: Sequence[dict], taus: Sequence[float]) -> dict[str, dict]:
+    """The ceiling's overall, seen and held-out tables."""
+    return {"overall": summarize(records, taus), **split_tables(records, taus)} if records else {}
+
+
+def vs_ceiling(tables: dict, ceiling: dict) -> dict[str, dict]:
+    """The model's main metrics beside the ceiling's, overall and on held-out combinations:
+    ``{metric: {model, ceiling, model / ceiling}}``."""
+    out = {}
+    for group, label in (("overall", ""), ("heldout", " (held-out)")):
+        mine = tables["overall"] if group == "overall" else tables["seen_vs_heldout"].get(group)
+        best = ceiling.get(group)
+        for k in CEILING_KEYS if mine and best else ():
+            m, c = mine.get(k), best.get(k)
+            out[k + label] = {
+                "model": m,
+                "ceiling": c,
+                "model / ceiling": m / c if m is not None and c else None,
+            }
+    return out
+
+
+def views_roundtrip(
+    recon, folder, ids: Sequence[str], cfg: EvalConfig = EvalConfig(), cache_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Round trip of the objects ``ids`` of a Zero123++ views folder (``data.views.ViewsFolder``): their
+    views -> triplane -> mesh, measured and scored against each object's manifest attributes (its own
+    caption's category and colour) by the code that scores generated objects (``triflow3d recon eval``)."""
+    from triflow3d.render import make_renderer
+
+    size, rows, samples = int(recon.config.image_size), [], []
+    with progress_bar(disable=None if progress else True) as bar:
+        task = bar.add_task("round trip", total=len(ids), status="")
+        for k, i in enumerate(ids):
+            meta, views = folder.row(i), folder.load(i, size)
+            rows.append(PromptRow(str(meta.get("caption", "")), dict(meta.get("attributes") or {})))
+            make = partial(roundtrip_mesh, recon, views.images, views.input_cameras, cfg)
+            samples.append(measure_mesh(Sample(k, rows[k].caption, 0), make, k, cfg))
+            bar.advance(task)
+    bank = reference_bank(cfg, make_renderer(cfg.render_backend), cache_dir)
+    records = object_records(samples, rows, bank, cfg)
+    return summarize(records, ()) | {
+        "seen_vs_heldout": split_tables(records, ()),
+        "mesh_resolution": cfg.resolution,
+    }
 
 
 @torch.inference_mode()
@@ -391,8 +562,8 @@ def roundtrip_metrics(recon, cfg: EvalConfig, renderer, device) -> dict[str, Any
     zrig, rig, size_in = zero123pp_rig(), eval_rig(cfg), int(recon.config.image_size)
     preds, refs = [], []
     for i in range(cfg.recon_objects):
-        asset = build_asset(sample_spec(sample_seed("test", i, RECON_STREAM), "test"))
-        views = torch.from_numpy(renderer.render(asset, zrig, size_in).rgba).float().permute(0, 3, 1, 2)
+        asset = benchmark_object(sample_spec(sample_seed("test", i, RECON_STREAM), "test"))[0]
+        views = encoder_views(asset, renderer, size_in)
         planes = recon.forward_planes(views[None].to(device), zrig.input_cameras()[None].to(device))
         out = recon.render(planes, rig.render_cameras()[None].to(device), cfg.image_size, deterministic=True)
         preds.append(out["rgb"][0].float().clamp(0, 1).cpu())  # (V, 3, S, S)
@@ -473,6 +644,12 @@ def protocol(cfg: EvalConfig, pipe, bank: Bank, renderer_name: str, model: str |
         "R-precision@1 of every view against its caption",
         "round trip": f"{cfg.recon_objects} test shapes (seed stream {RECON_STREAM}): Zero123++ renders at the "
         "reconstructor's input size -> triplane -> volume renders from the evaluation rig vs asset renders",
+        "ceiling": "benchmark prompts: each prompt's own shape, its Zero123++ renders (8-bit, on white) at the "
+        "reconstructor's input size -> triplane -> mesh, measured and scored like the generated objects"
+        + ("" if cfg.ceiling else " (disabled)"),
+        "fragmentation": f"floater share = surface area in connected components with < {FLOATER_SHARE:g} of "
+        f"the mesh's area each, over the total (before any clean-up); fragmented_share = samples above "
+        f"{FRAGMENTED_ABOVE:g}",
         "failures": "missing / empty / non-finite / zero-area meshes count in failure_rate only",
         "config": json.dumps(asdict(cfg), sort_keys=True),
     }  # fmt: skip
@@ -502,19 +679,29 @@ def evaluate(
     samples = generate_and_measure(pipe, rows, cfg, renderer, progress)
     records = object_records(samples, rows, bank, cfg)
     tables = group_tables(records, category_distribution(samples, rows, bank), cfg.fscore_taus)
+    ceiling = ceiling_samples(pipe.reconstructor, rows, cfg, renderer, progress) if cfg.ceiling else []
+    ceiling_records = object_records(ceiling, rows, bank, cfg)
+    ceiling_table = ceiling_tables(ceiling_records, cfg.fscore_taus)
     ok = [s for s in samples if s.failure is None]
     metrics: dict[str, Any] = {
         "n_prompts": len(rows), "n_generated": len(samples), "n_failed": len(samples) - len(ok),
-        "failure_rate": tables["overall"]["failure_rate"], **tables,
+        "failure_rate": tables["overall"]["failure_rate"], "overall": tables["overall"],
+        **({"vs_ceiling": vs_ceiling(tables, ceiling_table), "ceiling": ceiling_table} if ceiling else {}),
+        "per_category": tables["per_category"], "seen_vs_heldout": tables["seen_vs_heldout"],
         "image": image_metrics(samples, rows, bank, cfg, pipe.device),
         "reconstruction": roundtrip_metrics(pipe.reconstructor, cfg, renderer, pipe.device),
     }  # fmt: skip
+    if not any(r.attributes.get("category") for r in rows):  # unconditional / attribute-less prompts
+        metrics["distribution"] = bank_distribution(samples, bank)
     metrics["timing"] = {
         "sample_s_per_object": _mean([s.seconds for s in samples]),
         "total_s": round(time.perf_counter() - t0, 2),
     }
-    with atomic_path(out / "samples.jsonl") as tmp:
-        append_jsonl(tmp, records)
+    for name, recs in (("samples.jsonl", records), ("ceiling.jsonl", ceiling_records)):
+        if not recs and name == "ceiling.jsonl":
+            continue
+        with atomic_path(out / name) as tmp:
+            append_jsonl(tmp, recs)
     figs = figures(samples, rows, bank, tables, out)
     write_report(out, metrics, protocol(cfg, pipe, bank, renderer.name, model), figs)
     return metrics

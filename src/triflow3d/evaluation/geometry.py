@@ -1,4 +1,5 @@
-"""Geometry metrics on surface point samples: Chamfer distance, F-score, failure test, NN category.
+"""Geometry metrics on surface point samples: Chamfer distance, F-score, failure test, NN category;
+fragmentation of a mesh (floater share, number of connected components).
 
 Frame: no normalisation happens here. Reference meshes (``assets.normalize``) and generated meshes
 (marching cubes in the triplane box of ``conventions``) already share one world frame, z-up, object
@@ -23,6 +24,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from triflow3d.errors import ConfigError
+from triflow3d.triplane.mesh import FLOATER_SHARE, floaters, mesh_components
 
 
 def mesh_vertex_colours(mesh: trimesh.Trimesh) -> np.ndarray | None:
@@ -168,6 +170,25 @@ def broken_reason(mesh: object) -> str | None:
     if not float(mesh.area) > 0.0:
         return "zero surface area"
     return None
+
+
+class Fragmentation(NamedTuple):
+    floater_share: float  # share of the surface area in floaters (components with < 5 % of the area each)
+    components: int  # connected components (faces joined by shared vertices)
+
+
+def fragmentation(mesh: trimesh.Trimesh, min_share: float = FLOATER_SHARE) -> Fragmentation:
+    """How fragmented a mesh is, before any clean-up: the surface area in connected components that each
+    hold less than ``min_share`` of the total, as a share of the total, and the number of components.
+
+    Not the share outside the largest component: objects legitimately have separate large parts (a lamp's
+    shade); small pieces are what floaters are.
+    """
+    _, areas = mesh_components(mesh)
+    total = float(areas.sum())
+    if not total > 0:
+        raise ConfigError(f"fragmentation: mesh has zero or non-finite surface area ({total})")
+    return Fragmentation(float(areas[floaters(areas, min_share)].sum()) / total, len(areas))
 
 
 def is_broken(mesh: object) -> bool:

@@ -80,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add 'greyscale': how much the output changes when the inputs lose their colour (2x time)",
     )
+    e.add_argument("--no-roundtrip", dest="roundtrip", action="store_false",
+                   help="skip 'roundtrip' (category / colour accuracy of the round-trip meshes)")  # fmt: skip
 
     x = sub.add_parser("export", help="copy a run checkpoint to a weights folder with a model card")
     x.add_argument("--run", required=True)
@@ -197,7 +199,7 @@ def export_run(run_dir: Path, dest: Path, eval_data=None, eval_views=None, data_
     name = cfg.get("preset", "lrm-small")
     model = load_reconstructor(name, checkpoint=ck / "model")
     save_reconstructor(model, dest)
-    result = evaluate(model, eval_data, eval_views) if eval_data else None
+    result = evaluate(model, eval_data, eval_views, roundtrip=True) if eval_data else None
     state = torch.load(ck / "state.pt", map_location="cpu", weights_only=True)
     card = model_card(run_dir, cfg, int(state["step"]), float(state["wall"]), machine_description(), result)
     (dest / "model_card.md").write_text(card)
@@ -234,7 +236,7 @@ def _eval(args) -> int:
     model = _load_encoder(args)
     result = evaluate(
         model, args.data, args.views_from, args.size, args.limit, args.max_views, args.per_object,
-        grey=args.greyscale,
+        args.roundtrip, grey=args.greyscale,
     )  # fmt: skip
     print(json.dumps(result))
     return 0

@@ -16,6 +16,10 @@ the rendered colour over the target's covered pixels (mask > 0.5, all views and 
 by the summed |target - greyscale(target)| there. An encoder that renders what it is given scores
 ``colour_ratio`` near 1 (its renders lose as much colour as the inputs did), one that reads brightness
 only scores 0 (see ``docs/encoders.md``).
+
+With ``roundtrip`` the dict also holds ``roundtrip``: the round trip's category / main-colour accuracy
+and fragmentation on each object's own caption attributes, scored by ``triflow3d eval``'s code
+(``evaluation.evaluate.views_roundtrip``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 
 from triflow3d.data.views import ViewsFolder, composite_white
 from triflow3d.errors import ConfigError, TriflowError
+from triflow3d.evaluation.evaluate import views_roundtrip
 from triflow3d.evaluation.image import psnr as image_psnr
 from triflow3d.utils.progress import progress_bar
 
@@ -117,6 +122,7 @@ def evaluate(
     limit: int | None = None,
     max_views: int | None = None,
     per_object: bool = False,
+    roundtrip: bool = False,
     grey: bool = False,
 ) -> dict:
     """Mean PSNR / IoU over the objects of ``data`` (and their views in ``views_from``) -> a JSON-able dict.
@@ -154,6 +160,8 @@ def evaluate(
     objects = {"objects": object_rows(done, psnrs, ious)} if per_object else {}
     if greys:
         objects["greyscale"] = greyscale_summary(torch.stack(greys))
+    if roundtrip:
+        objects["roundtrip"] = views_roundtrip(model, inputs, done)
     return {
         "psnr": round(float(p.mean()), 4),
         "psnr_min_object": round(min(float(x.mean()) for x in psnrs), 4),

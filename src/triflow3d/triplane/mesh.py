@@ -195,3 +195,44 @@ def extract_mesh(
     else:
         vol = sign * field_grid(field, planes, resolution, key, bound, chunk)[0, ..., 0].float().cpu().numpy()
     return mesh_from_volume(field, planes, vol, level, bound)
+
+
+# --- connected components (fragmentation metric, floater clean-up) ---------------------------------------
+FLOATER_SHARE = 0.05  # a component with less than this share of the mesh's surface area is a floater
+
+
+def mesh_components(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of a mesh (faces joined by shared vertices) -> face labels (F,) in 0..K-1 and
+    each component's surface area (K,). Marching-cubes meshes share vertices between adjacent faces."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    if len(faces) == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    n = len(mesh.vertices)
+    a, b = faces.reshape(-1), np.roll(faces, -1, axis=1).reshape(-1)  # the three edges of every face
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    _, vertex_label = connected_components(graph, directed=False)
+    _, face_label = np.unique(vertex_label[faces[:, 0]], return_inverse=True)  # only faced components
+    tri = np.asarray(mesh.vertices, dtype=np.float64)[faces]  # (F, 3, 3)
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    return face_label, np.bincount(face_label, weights=area)
+
+
+def floaters(areas: np.ndarray, min_share: float = FLOATER_SHARE) -> np.ndarray:
+    """Which components (K,) are floaters: each holds less than ``min_share`` of the total area."""
+    total = float(np.sum(areas))
+    return np.asarray(areas) < min_share * total if total > 0 else np.zeros(len(areas), bool)
+
+
+def drop_small_components(mesh: trimesh.Trimesh, min_share: float = FLOATER_SHARE) -> trimesh.Trimesh:
+    """The mesh without its floaters (components with < ``min_share`` of the area); colours are kept."""
+    label, areas = mesh_components(mesh)
+    small = floaters(areas, min_share)
+    if not small.any():
+        return mesh
+    out = mesh.copy()
+    out.update_faces(~small[label])
+    out.remove_unreferenced_vertices()
+    return out
