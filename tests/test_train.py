@@ -333,3 +333,48 @@ def test_two_process_ddp_matches_one_process(latents, tmp_path):
     losses = [[r["loss"] for r in metrics(p) if "loss" in r] for p in (tmp_path / "ddp", tmp_path / "one")]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     shutil.rmtree(tmp_path / "ddp")
+
+
+# --- the CPU results of the loader path, pinned ----------------------------------------------------------
+# Computed with the loop as it was before the device-resident path existed (git 3e35b32), on this CPU:
+# per-step loss and gradient norm, and three numbers of the final weights and EMA (sum, sum of squares and
+# a dot product with sin(0, 1, 2, ...) over every tensor in key order, float64).
+REFERENCE_RUNS = {
+    "fp32": {
+        "loss": [1.964917927980423, 2.0367564260959625, 1.9951125085353851,
+                 1.987070083618164, 1.9612633287906647, 1.9352652430534363],
+        "grad_norm": [0.2129794955253601, 0.21989771723747253, 0.20922939479351044,
+                      0.20057770609855652, 0.19965703785419464, 0.19080978631973267],
+        "model": [775.2779320210223, 5022.411265122273, 58.20283640308578],
+        "ema": [775.1919894910395, 5022.284272445226, 58.26518416294703],
+    },
+    "bf16": {
+        "loss": [1.964917927980423, 2.0367458164691925, 1.995114028453827,
+                 1.987084537744522, 1.9613037407398224, 1.935315102338791],
+        "grad_norm": [0.2129892110824585, 0.2198781967163086, 0.20905722677707672,
+                      0.20021626353263855, 0.19914865493774414, 0.19014695286750793],
+        "model": [775.2668644031094, 5022.4260015065065, 58.20514054447519],
+        "ema": [775.1851561538059, 5022.297470873595, 58.26671007307753],
+    },
+}  # fmt: skip
+
+
+def fingerprint(sd: dict[str, torch.Tensor]) -> list[float]:
+    flat = torch.cat([sd[k].double().flatten() for k in sorted(sd)])
+    w = torch.sin(torch.arange(flat.numel(), dtype=torch.float64))
+    return [float(flat.sum()), float(flat.square().sum()), float(flat @ w)]
+
+
+@pytest.mark.parametrize("mode", ["fp32", "bf16"])
+def test_cpu_results_match_the_reference(tmp_path, mode):
+    data = make_latents(tmp_path / "lat")
+    cfg = tiny(data, tmp_path / "run", steps=6, batch_size=4, grad_accum=2, balance_classes=True, center_text=True,
+               lr_schedule="cosine", warmup_steps=2, min_lr=1e-4, log_every=1, ckpt_every=100,
+               bf16=mode == "bf16")  # fmt: skip
+    Trainer(cfg).fit()
+    rows = metrics(tmp_path / "run")
+    ref, path = REFERENCE_RUNS[mode], ck.step_dir(tmp_path / "run", 6)
+    np.testing.assert_allclose([r["loss"] for r in rows], ref["loss"], rtol=2e-6)
+    np.testing.assert_allclose([r["grad_norm"] for r in rows], ref["grad_norm"], rtol=2e-5)
+    np.testing.assert_allclose(fingerprint(load_file(str(path / ck.WEIGHTS))), ref["model"], rtol=2e-6)
+    np.testing.assert_allclose(fingerprint(load_file(str(path / ck.EMA_WEIGHTS))), ref["ema"], rtol=2e-6)
