@@ -21,7 +21,10 @@ from triflow3d.data import latents as lt
 from triflow3d.errors import ConfigError
 from triflow3d.train import PRESETS, Trainer, TrainingDivergedError, load_model
 from triflow3d.train import checkpoint as ck
-from triflow3d.train.trainer import BatchPlan, TextTable, draw, lr_at
+from triflow3d.train.batches import BatchPlan
+from triflow3d.train.draws import draw
+from triflow3d.train.optim import lr_at
+from triflow3d.train.text import TextTable
 
 SHAPE = (3, 8, 16, 16)  # the tiny TriFlow preset's triplanes
 CATEGORIES = ("chair", "car")
@@ -262,7 +265,7 @@ def test_perceptual_rendering_loss(tmp_path):
 def test_render_loss_weighting_and_gradient(tmp_path):
     from triflow3d.latents.normalizer import LatentNormalizer
     from triflow3d.perceptual import make_perceptual_loss
-    from triflow3d.train.trainer import RenderLoss
+    from triflow3d.train.render_loss import RenderLoss
     from triflow3d.triplane.field import TriplaneField
 
     views = make_views(tmp_path, ["a", "b"])

@@ -47,6 +47,7 @@ from triflow3d.models.text_encoder import (
     MiniLMTextEncoder,
     TextEmbedding,
     TextEncoder,
+    embed_rows,
     make_text_encoder,
 )
 from triflow3d.models.triflow import TriFlow
@@ -423,14 +424,8 @@ class TextTo3DPipeline:
     # --- sampling ----------------------------------------------------------------------------------
     def encode(self, prompts: list[str]) -> TextEmbedding:
         """Each prompt encoded alone (batch-independent), padded together, pooled vector centred."""
-        rows = []
-        for p in prompts:
-            e = self.text_encoder([p]).to("cpu", torch.float32)
-            rows.append((e.tokens[0][e.mask[0]], e.pooled[0]))
-        emb = TextEmbedding.from_rows(rows).to(self.device)
-        if self.text_center is not None:
-            emb = TextEmbedding(emb.tokens, emb.mask, emb.pooled - self.text_center)
-        return emb
+        rows = embed_rows(self.text_encoder, list(prompts), chunk=1)
+        return TextEmbedding.from_rows(rows).to(self.device).centred(self.text_center)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int], settings: SamplerSettings) -> Tensor:
