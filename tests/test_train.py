@@ -381,3 +381,87 @@ def test_cpu_results_match_the_reference(tmp_path, mode):
     np.testing.assert_allclose([r["grad_norm"] for r in rows], ref["grad_norm"], rtol=2e-5)
     np.testing.assert_allclose(fingerprint(load_file(str(path / ck.WEIGHTS))), ref["model"], rtol=2e-6)
     np.testing.assert_allclose(fingerprint(load_file(str(path / ck.EMA_WEIGHTS))), ref["ema"], rtol=2e-6)
+
+
+# --- the device-resident loop (forced on the CPU here; chosen automatically on CUDA) ----------------------
+def test_loop_choice(latents, tmp_path):
+    assert Trainer(tiny(latents, tmp_path / "a")).loop == "loader"  # auto on the CPU: today's loop
+    assert Trainer(tiny(latents, tmp_path / "b", loop="resident")).loop == "resident"
+    with pytest.raises(ConfigError, match="flow loss only"):
+        Trainer(tiny(latents, tmp_path / "c", loop="resident", perceptual="random-vgg"))
+
+
+def test_resident_data_and_order_match_the_loader(latents, tmp_path):
+    from triflow3d.train.batches import RankBatches
+    from triflow3d.train.resident import IndexFeed
+
+    trainer = Trainer(
+        tiny(latents, tmp_path, loop="resident", batch_size=4, grad_accum=2, balance_classes=True)
+    )
+    data = trainer.resident
+    items = [trainer.dataset[i] for i in range(len(trainer.dataset))]
+    assert torch.equal(data.triplanes.float(), torch.stack([it["triplane"] for it in items]).half().float())
+    assert torch.equal(data.weights.float(), torch.stack([it["weights"] for it in items]).half().float())
+    batches = RankBatches(trainer.plan, 0, 10, 0, 1, 2)
+    feed = IndexFeed(batches, torch.device("cpu"), chunk=3)
+    assert [feed(s).tolist() for s in range(10)] == [batches.step_indices(s) for s in range(10)]
+    idx, drop = torch.tensor([0, 1, 2]), torch.tensor([False, True, False])
+    got = data.gather(idx, drop).text
+    want = trainer.text([items[0]["caption"], "", items[2]["caption"]], torch.device("cpu"))
+    for g, w in zip((got.tokens, got.pooled), (want.tokens, want.pooled)):
+        assert torch.equal(g[:, : w.shape[1]] if g.ndim == 3 else g, w)
+    assert (
+        torch.equal(got.mask[:, : want.mask.shape[1]], want.mask)
+        and not got.mask[:, want.mask.shape[1] :].any()
+    )
+
+
+def test_resident_loop_learns_and_resumes_exactly(latents, tmp_path):
+    cfg = tiny(latents, tmp_path / "a", steps=6, batch_size=4, grad_accum=2, log_every=2, ckpt_every=100,
+               loop="resident", lr=5e-3)  # fmt: skip
+    Trainer(cfg).fit()
+    cfg_b = cfg.replace(out=str(tmp_path / "b"))
+    Trainer(cfg_b).fit(until=3)
+    Trainer(cfg_b, resume=tmp_path / "b").fit()
+    a, b = ck.step_dir(tmp_path / "a", 6), ck.step_dir(tmp_path / "b", 6)
+    for name in (ck.WEIGHTS, ck.EMA_WEIGHTS):
+        assert max_diff(load_file(str(a / name)), load_file(str(b / name))) == 0, name
+    rows = metrics(tmp_path / "a")
+    assert [r["step"] for r in rows] == [2, 4, 6] and all(r["skipped"] == 0 for r in rows)
+    assert json.loads((a / ck.STATE_JSON).read_text())["loop"] == "resident"
+    long = tiny(latents, tmp_path / "c", steps=40, batch_size=8, lr=5e-3, log_every=1, ckpt_every=100,
+                loop="resident")  # fmt: skip
+    trainer = Trainer(long)
+    before = held_out_loss(trainer)
+    trainer.fit()
+    assert held_out_loss(trainer) < 0.85 * before
+
+
+def test_resident_loop_skips_non_finite_steps_on_the_device(tmp_path):
+    bad = make_latents(tmp_path / "nan", nan=True)
+    cfg = tiny(bad, tmp_path / "run", steps=10, max_nan_steps=3, normalizer_mode="none", normalizer_clamp=None,
+               loop="resident", log_every=2)  # fmt: skip
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.raw.state_dict().items()}
+    ema = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+    with pytest.raises(TrainingDivergedError, match="non-finite steps in a row"):
+        trainer.fit()
+    assert trainer.step == 4  # found at the second logging step
+    assert max_diff(before, trainer.raw.state_dict()) == 0 and max_diff(ema, trainer.ema.state_dict()) == 0
+    assert [r["skipped"] for r in metrics(tmp_path / "run")] == [2]
+
+
+def test_resident_loop_falls_back_to_eager_when_compiling_fails(latents, tmp_path, monkeypatch):
+    def broken(model, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg = tiny(latents, tmp_path / "c", steps=3, loop="resident", compile="default", ckpt_every=100)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    eager = Trainer(cfg.replace(out=str(tmp_path / "e"), compile="off"))
+    eager.fit()
+    assert max_diff(trainer.raw.state_dict(), eager.raw.state_dict()) == 0
