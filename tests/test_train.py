@@ -465,3 +465,14 @@ def test_resident_loop_falls_back_to_eager_when_compiling_fails(latents, tmp_pat
     eager = Trainer(cfg.replace(out=str(tmp_path / "e"), compile="off"))
     eager.fit()
     assert max_diff(trainer.raw.state_dict(), eager.raw.state_dict()) == 0
+
+
+def test_time_budget_shortens_the_run(latents, tmp_path):
+    cfg = tiny(latents, tmp_path, steps=100_000, warmup_steps=4, lr_schedule="cosine", log_every=1000,
+               ckpt_every=10**6)  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.fit(time_budget=3.0)
+    end = trainer.step
+    assert 4 <= end < 100_000 and trainer.cfg.steps == end
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == end
+    assert ck.read_config(ck.resolve_checkpoint(tmp_path))["train_config"]["steps"] == end

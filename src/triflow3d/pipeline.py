@@ -50,6 +50,7 @@ from triflow3d.models.text_encoder import (
     embed_rows,
     make_text_encoder,
 )
+from triflow3d.models.text_table import TextTableEncoder
 from triflow3d.models.triflow import TriFlow
 from triflow3d.train import checkpoint as ck
 from triflow3d.utils.io import atomic_path
@@ -102,6 +103,9 @@ def text_encoder_spec(encoder: TextEncoder) -> dict[str, Any]:
         spec |= {"kind": "minilm", "normalize": inner.normalize}
     elif isinstance(inner, HFTextEncoder):
         spec |= {"kind": inner.kind}
+    elif isinstance(inner, TextTableEncoder):  # the table stands in for the encoder that made it
+        spec |= {"kind": inner.kind, "path": None}  # path None: the encoder's default weights elsewhere
+        spec |= {"normalize": inner.normalize} if inner.normalize is not None else {}
     return spec
 
 
@@ -133,7 +137,8 @@ def build_text_encoder(
     kw = {"max_length": int(spec["max_length"])} if spec.get("max_length") else {}
     if kind == "minilm" and "normalize" in spec:
         kw["normalize"] = bool(spec["normalize"])
-    return make_text_encoder(kind, path or spec.get("path") or train.get("text_encoder_path"), device, **kw)
+    recorded = spec["path"] if "path" in spec else train.get("text_encoder_path")  # None: the default weights
+    return make_text_encoder(kind, path or recorded, device, **kw)
 
 
 # --- checks -------------------------------------------------------------------------------------------

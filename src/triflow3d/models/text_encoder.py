@@ -237,7 +237,12 @@ class FakeTextEncoder:
 def make_text_encoder(
     name: str, path: str | Path | None = None, device: torch.device | str = "cpu", **kwargs
 ) -> TextEncoder:
-    """Build an encoder by name: ``minilm`` (default), ``clip-l`` / ``t5`` (need ``path``), ``fake``."""
+    """Build an encoder by name: ``minilm`` (default), ``clip-l`` / ``t5`` (need ``path``), ``fake``; a
+    ``path`` naming a text table file (``models.text_table``) of that encoder stands in for it."""
+    if path is not None and str(path).endswith(".safetensors"):
+        from triflow3d.models.text_table import TextTableEncoder
+
+        return TextTableEncoder(path, kind=name, device=device)
     if name == "minilm":
         return MiniLMTextEncoder(device=device, model_dir=path, **kwargs)
     if name in HF_KINDS:

@@ -44,6 +44,7 @@ from triflow3d.errors import ConfigError, TriflowError
 from triflow3d.flow.path import interpolate, loss_by_t_bin, rf_loss, velocity_target
 from triflow3d.latents.normalizer import LatentNormalizer
 from triflow3d.models.text_encoder import TextEmbedding, TextEncoder
+from triflow3d.models.text_table import TextTableEncoder
 from triflow3d.models.triflow import TriFlow, TriFlowParams
 from triflow3d.train import checkpoint as ck
 from triflow3d.train.batches import BatchPlan, RankBatches, collate
@@ -64,6 +65,7 @@ from triflow3d.train.resident import IndexFeed, ResidentLatents, fits
 from triflow3d.train.runlog import RunLogger
 from triflow3d.train.samples import sample_images
 from triflow3d.train.text import TextTable, build_text_encoder
+from triflow3d.utils.budget import TimeBudget
 from triflow3d.utils.io import write_json
 from triflow3d.utils.progress import progress_bar
 
@@ -398,10 +400,17 @@ class Trainer:
         return out
 
     # --- the loop --------------------------------------------------------------------------------------
-    def fit(self, until: int | None = None) -> dict[str, Any]:
-        """Train from the current step to ``until`` (default ``cfg.steps``), then save a checkpoint."""
+    def fit(self, until: int | None = None, time_budget: float | None = None) -> dict[str, Any]:
+        """Train from the current step to ``until`` (default ``cfg.steps``), then save a checkpoint.
+
+        ``time_budget`` (seconds): ``cfg.steps`` becomes an upper bound. A fresh run times its first steps
+        (within the warm-up, where the schedule does not depend on the length) and then shortens
+        ``steps`` so that it ends in time with its schedule complete (config.json records the result); any
+        run stops and checkpoints once the budget is spent (resume it to finish).
+        """
         cfg = self.cfg
         end = cfg.steps if until is None else min(until, cfg.steps)
+        budget = self._budget(time_budget)
         self.log.open()
         self.write_run_files()
         logger.info("training steps %d..%d on %d rank(s), %s loop; perceptual loss: %s", self.step, end,
@@ -414,6 +423,13 @@ class Trainer:
                 for run_step in self.step_calls(end):
                     out = run_step()
                     self.step += 1
+                    if (
+                        budget is not None
+                        and (fitted := budget.resize(self.step)) is not None
+                        and fitted < end
+                    ):
+                        end = self._shorten(fitted)
+                        bar.update(task, total=end)
                     logged = self.resident is None or self.step % cfg.log_every == 0 or self.step == end
                     if logged:
                         stats = out if self.resident is None else self.resident_stats(out)
@@ -422,10 +438,28 @@ class Trainer:
                         stats, end, log=logged and not (self.resident is None and stats["skipped"])
                     )
                     bar.update(task, completed=self.step)
+                    if self.step >= end or (budget is not None and budget.over()):
+                        break
             self.save()
         finally:
             self.log.close()
         return stats
+
+    def _budget(self, seconds: float | None) -> TimeBudget | None:
+        if not seconds:
+            return None
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        probe = min(20, self.cfg.warmup_steps) if self.cfg.warmup_steps >= 2 else 20
+        budget = TimeBudget(seconds, self.step, probe, sync)
+        budget.done = self.step > 0  # a resumed run keeps the length it was given
+        return budget
+
+    def _shorten(self, end: int) -> int:
+        """The run now ends at step ``end``: the schedule's length and config.json follow."""
+        logger.info("time budget: the run ends at step %d instead of %d", end, self.cfg.steps)
+        self.cfg = self.cfg.replace(steps=end)
+        self.write_run_files()
+        return end
 
     def step_calls(self, end: int) -> Iterator[Callable[[], dict[str, Any]]]:
         """One call per step from the current one to ``end``, each running that step (the caller advances
@@ -494,7 +528,7 @@ class Trainer:
                 "name": self.encoder.name,
                 "kind": self.cfg.text_encoder,
                 "dim": self.encoder.dim,
-                "path": self.cfg.text_encoder_path,
+                "path": None if isinstance(self.encoder, TextTableEncoder) else self.cfg.text_encoder_path,
                 "centered": self.text.center is not None,
             },  # fmt: skip
             "normalizer": self.normalizer.config(),
@@ -558,10 +592,12 @@ def resume_config(path: str | Path, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict(saved).replace(**overrides)
 
 
-def train(cfg: TrainConfig, init: str | None = None, resume: str | None = None) -> dict[str, Any]:
-    """Build a Trainer and run it to ``cfg.steps``; returns the last step's statistics."""
+def train(
+    cfg: TrainConfig, init: str | None = None, resume: str | None = None, time_budget: float | None = None
+) -> dict[str, Any]:
+    """Build a Trainer and run it to ``cfg.steps`` (or its ``time_budget``); returns the last statistics."""
     trainer = Trainer(cfg, init=init, resume=resume)
     try:
-        return trainer.fit()
+        return trainer.fit(time_budget=time_budget)
     finally:
         shutdown(trainer.info)
