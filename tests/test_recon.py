@@ -370,3 +370,31 @@ def test_occupancy_labels_of_a_sphere_and_unknown_labels_are_ignored(tmp_path):
     unknown = torch.full((1, 4), -1.0)
     both = torch.cat([known, unknown], 1)
     torch.testing.assert_close(occupancy_loss(torch.zeros(1, 8, 1), both), occupancy_loss(raw, known))
+
+
+# --- the CPU results, pinned -------------------------------------------------------------------------------
+# Computed with `recon train` as it was before the device-resident path (git 408e13c, "lrm-small v3
+# groundwork"), on this CPU: logged loss and gradient norm per step (6 digits) and three numbers of the
+# final weights (sum, sum of squares and a dot product with sin(0, 1, 2, ...), float64, keys in order).
+REFERENCE_RUNS = {
+    "fast": {"extra": ["--colour-weight", "0.5", "--edge-fraction", "0.2"],
+             "loss": [0.440822, 0.380718, 0.415843, 0.419299], "grad_norm": [0.125689, 0.130453, 0.108325, 0.13101],
+             "model": [234.07761380560333, 628.8512791168655, 7.847731417383696]},
+    "dense": {"extra": ["--no-fast-render", "--samples", "8"],
+              "loss": [0.355472, 0.292898, 0.320876, 0.306698], "grad_norm": [0.162426, 0.133447, 0.143596, 0.139479],
+              "model": [233.1954242054125, 629.0558094272194, 7.960390494233145]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["fast", "dense"])
+def test_cpu_results_match_the_reference(folders, tmp_path, path):
+    _needs_renderer()
+    ref = REFERENCE_RUNS[path]
+    weights = _train_cli(folders, tmp_path / path, 4, extra=ref["extra"])
+    log = [json.loads(x) for x in (tmp_path / path / "log.jsonl").read_text().splitlines()]
+    flat = torch.cat([weights[k].double().flatten() for k in sorted(weights)])
+    sin = torch.sin(torch.arange(flat.numel(), dtype=torch.float64))
+    got = [float(flat.sum()), float(flat.square().sum()), float(flat @ sin)]
+    assert [r["loss"] for r in log] == pytest.approx(ref["loss"], rel=2e-5, abs=2e-6)
+    assert [r["grad_norm"] for r in log] == pytest.approx(ref["grad_norm"], rel=2e-5, abs=2e-6)
+    assert got == pytest.approx(ref["model"], rel=2e-6)
