@@ -4,7 +4,7 @@
     python3 benchmarks/recon_train.py --device cuda --batches 4 16 32   # on a GPU
 
 The model is the ``--preset`` (default ``lrm-small``: the shipped architecture, random weights) and the
-step is ``recon.train.Trainer.train_step`` with the shipped recipe's sampling (``--rays`` 2048 rays per
+step is ``recon.train.ReconTrainer.train_step`` with the shipped recipe's sampling (``--rays`` 2048 rays per
 object, ``--samples`` 0 = the model's own 32 + 32, ``--occ-points`` 4096 3D points), through each of the
 renderer ``--paths`` (``fast``: empty-space skipping, the default of ``recon train``; ``dense``:
 ``--no-fast-render``). Data: ``--objects`` random-sphere scenes
@@ -29,7 +29,7 @@ import torch
 from triflow3d.encoders import resolve_config
 from triflow3d.recon.data import load_recon_data, sample_rays
 from triflow3d.recon.synthetic import write_views_folder
-from triflow3d.recon.train import TrainConfig, Trainer
+from triflow3d.recon.train import ReconTrainConfig, ReconTrainer
 
 
 def make_data(root: Path, objects: int, image_size: int, occ_samples: int):
@@ -45,10 +45,10 @@ def make_data(root: Path, objects: int, image_size: int, occ_samples: int):
 
 def time_batch(args: argparse.Namespace, data, batch: int, fast: bool, run_dir: Path) -> dict:
     mcfg = resolve_config(args.preset)
-    cfg = TrainConfig(steps=args.warmup + args.steps, batch=batch, rays=args.rays, samples=args.samples,
+    cfg = ReconTrainConfig(steps=args.warmup + args.steps, batch=batch, rays=args.rays, samples=args.samples,
                       occ_weight=1.0, occ_points=args.occ_points, occ_samples=data.points.shape[1],
                       sup_size=int(mcfg.image_size), camera_noise=0.0, fast_render=fast)  # fmt: skip
-    trainer = Trainer(cfg, mcfg, data, run_dir, args.preset, device=args.device)
+    trainer = ReconTrainer(cfg, mcfg, data, run_dir, args.preset, device=args.device)
     cuda = torch.device(args.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -82,7 +82,7 @@ def time_batch(args: argparse.Namespace, data, batch: int, fast: bool, run_dir: 
     return out
 
 
-def profile_step(trainer: Trainer, cuda: bool) -> None:
+def profile_step(trainer: ReconTrainer, cuda: bool) -> None:
     """One more step under torch.profiler: the 15 costliest operators, to stderr."""
     import sys
 

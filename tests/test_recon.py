@@ -13,7 +13,7 @@ from triflow3d.cameras import zero123pp_rig
 from triflow3d.recon.data import camera_frame_dirs, load_recon_data, sample_rays
 from triflow3d.recon.eval import psnr, silhouette_iou
 from triflow3d.recon.synthetic import random_spheres, write_views_folder
-from triflow3d.recon.train import DataCursor, TrainConfig, lr_at
+from triflow3d.recon.train import DataCursor, ReconTrainConfig, recon_lr_at
 
 # A few-thousand-parameter stand-in for lrm-small (overrides of the preset).
 TINY = dict(
@@ -38,10 +38,10 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_lr_schedule():
-    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
-    assert lr_at(10, cfg) == pytest.approx(1e-3) and lr_at(100, cfg) == pytest.approx(1e-4)
-    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+    cfg = ReconTrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
+    assert recon_lr_at(0, cfg) == pytest.approx(1e-4) and recon_lr_at(9, cfg) == pytest.approx(1e-3)
+    assert recon_lr_at(10, cfg) == pytest.approx(1e-3) and recon_lr_at(100, cfg) == pytest.approx(1e-4)
+    assert all(recon_lr_at(s, cfg) >= recon_lr_at(s + 1, cfg) for s in range(10, 100))
 
 
 def test_cursor_epochs_and_restart():
@@ -93,7 +93,7 @@ def test_edge_rays_sit_on_the_outline(folders):
     rays = sample_rays(data, torch.tensor([0, 1]), 512, 0.0, torch.Generator().manual_seed(0), 1.0)
     assert 0.1 < rays.alpha.mean() < 0.9  # the band holds covered and uncovered pixels
     with pytest.raises(Exception, match="edge_fraction"):
-        TrainConfig(fg_fraction=0.6, edge_fraction=0.5)
+        ReconTrainConfig(fg_fraction=0.6, edge_fraction=0.5)
 
 
 def test_covered_colour_loss_ignores_opacity():
@@ -222,8 +222,8 @@ def test_samples_and_render_path_reach_the_renderer(folders, monkeypatch):
     monkeypatch.setattr(volume, "render_rays", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
     g = torch.Generator().manual_seed(0)
     for cfg in (
-        TrainConfig(rays=16, sup_size=16),
-        TrainConfig(rays=16, sup_size=16, samples=12, fast_render=False),
+        ReconTrainConfig(rays=16, sup_size=16),
+        ReconTrainConfig(rays=16, sup_size=16, samples=12, fast_render=False),
     ):
         loss_on_batch(model, data, torch.tensor([0, 1]), cfg, g)["loss"].backward()
     own, dense = seen

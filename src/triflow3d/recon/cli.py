@@ -52,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=min(8, os.cpu_count() or 1),
         help="threads that read the views and processes that label 3D points",
     )
-    from triflow3d.recon.train import TrainConfig
+    from triflow3d.recon.train import ReconTrainConfig
 
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(ReconTrainConfig):
         if f.name in ("betas",):
             continue
         flag = f"--{f.name.replace('_', '-')}"
@@ -131,12 +131,12 @@ def _model_config(preset: str, override: str | None):
 
 def _train(args) -> int:
     from triflow3d.recon.data import load_recon_data
-    from triflow3d.recon.train import TrainConfig, Trainer, check_run_config, latest_checkpoint
+    from triflow3d.recon.train import ReconTrainConfig, ReconTrainer, check_run_config, latest_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "betas"]
-    cfg = TrainConfig(**{n: getattr(args, n) for n in names})
+    names = [f.name for f in dataclasses.fields(ReconTrainConfig) if f.name != "betas"]
+    cfg = ReconTrainConfig(**{n: getattr(args, n) for n in names})
     mcfg = _model_config(args.preset, args.model_config)
     device = resolve_device(args.device)
     run_dir = Path(args.out)
@@ -157,7 +157,7 @@ def _train(args) -> int:
         file=sys.stderr,
     )
     ck = latest_checkpoint(run_dir) if args.resume else None
-    trainer = Trainer(cfg, mcfg, data, run_dir, args.preset, resuming=ck is not None, device=device)
+    trainer = ReconTrainer(cfg, mcfg, data, run_dir, args.preset, resuming=ck is not None, device=device)
     if ck is not None:
         trainer.load(ck)
         print(f"resumed from {ck} at step {trainer.step}", file=sys.stderr)

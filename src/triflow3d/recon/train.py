@@ -40,7 +40,7 @@ from triflow3d.utils.progress import progress_bar
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ReconTrainConfig:
     """Optimisation and data-sampling knobs (the model itself is a ReconstructorConfig)."""
 
     steps: int = 6000
@@ -106,7 +106,7 @@ class TrainConfig:
             raise ConfigError(f"edge_fraction must be in [0, 1 - fg_fraction], got {self.edge_fraction}")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def recon_lr_at(step: int, cfg: ReconTrainConfig) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -137,7 +137,11 @@ class DataCursor:
 
 
 def loss_on_batch(
-    model: TriplaneReconstructor, data: ReconData, idx: torch.Tensor, cfg: TrainConfig, g: torch.Generator
+    model: TriplaneReconstructor,
+    data: ReconData,
+    idx: torch.Tensor,
+    cfg: ReconTrainConfig,
+    g: torch.Generator,
 ) -> dict[str, torch.Tensor]:
     """Render random supervision rays of objects ``idx`` from their predicted triplanes -> losses."""
     from triflow3d.triplane.volume import render_rays
@@ -207,7 +211,7 @@ def occupancy_term(
     return occupancy_loss(model.synthesizer.query(planes, pts)["sigma_raw"], occ)
 
 
-def train_render_options(model: TriplaneReconstructor, cfg: TrainConfig):
+def train_render_options(model: TriplaneReconstructor, cfg: ReconTrainConfig):
     """The model's render options with ``cfg.samples`` per ray (if set) and ``cfg.fast_render``."""
     opts = model.render_options
     if cfg.samples:
@@ -217,14 +221,14 @@ def train_render_options(model: TriplaneReconstructor, cfg: TrainConfig):
     return dataclasses.replace(opts, fast=cfg.fast_render)
 
 
-class Trainer:
+class ReconTrainer:
     """Holds model, optimiser, RNGs and data cursor; ``run()`` is the loop, ``save()``/``load()`` resume.
 
     ``device`` holds the model and each step's batch; the data and every RNG stay on the CPU, so a run
     draws the same rays on any device and may resume on another one.
     """
 
-    def __init__(self, cfg: TrainConfig, model_config: ReconstructorConfig, data: ReconData, run_dir: Path,
+    def __init__(self, cfg: ReconTrainConfig, model_config: ReconstructorConfig, data: ReconData, run_dir: Path,
                  encoder_id: str = "lrm-small", resuming: bool = False, device: str = "cpu"):  # fmt: skip
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model = build_reconstructor(model_config, encoder_id=encoder_id, seed=cfg.seed).train()
@@ -249,7 +253,7 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, self.cfg)
+            group["lr"] = recon_lr_at(self.step, self.cfg)
         idx = self.cursor.next(len(self.data), self.cfg.batch)
         losses = loss_on_batch(self.model, self.data, idx, self.cfg, self.gen)
         self.opt.zero_grad(set_to_none=True)
@@ -348,7 +352,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def check_run_config(
-    run_dir: Path, cfg: TrainConfig, model_config: ReconstructorConfig, preset: str = "lrm-small"
+    run_dir: Path, cfg: ReconTrainConfig, model_config: ReconstructorConfig, preset: str = "lrm-small"
 ) -> None:
     """Write the run's configs, or (on resume) check they match the saved ones except ``steps``."""
     path = Path(run_dir) / "train_config.json"
@@ -360,7 +364,7 @@ def check_run_config(
             return json.loads(json.dumps(train)) | {"steps": None, "ckpt_every": None, "log_every": None}
 
         # a field added since the run started takes its default (what the run did before it existed)
-        a = comparable(dataclasses.asdict(TrainConfig()) | old["train"])
+        a = comparable(dataclasses.asdict(ReconTrainConfig()) | old["train"])
         b = comparable(new["train"])
         if a != b or old["model"] != json.loads(json.dumps(new["model"])):
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) or ["model"]
