@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument(
+        "--time-budget",
+        type=float,
+        help="seconds: shorten --steps so the run ends in time (ReconTrainer.run)",
+    )
     t.add_argument("--preset", default="lrm-small", help="reconstructor preset to train")
     t.add_argument("--model-config", help="JSON file or inline JSON of preset overrides (tiny runs, tests)")
     t.add_argument("--views-per-object", type=int, default=None, help="cap on supervision views per object")
@@ -143,6 +148,9 @@ def _train(args) -> int:
     if run_dir.exists() and any(run_dir.iterdir()) and not args.resume:
         raise ConfigError(f"{run_dir}: run folder is not empty; pass --resume or choose a new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "train_config.json"
+    if args.time_budget and args.resume and saved.is_file():  # the budget of the first run fixed the length
+        cfg = dataclasses.replace(cfg, steps=min(cfg.steps, json.loads(saved.read_text())["train"]["steps"]))
     check_run_config(run_dir, cfg, mcfg, args.preset)
     data = load_recon_data(
         args.data, args.supervision, mcfg.image_size, cfg.sup_size, args.views_per_object, args.limit,
@@ -161,7 +169,7 @@ def _train(args) -> int:
     if ck is not None:
         trainer.load(ck)
         print(f"resumed from {ck} at step {trainer.step}", file=sys.stderr)
-    last = trainer.run()
+    last = trainer.run(time_budget=args.time_budget)
     print(json.dumps({"step": trainer.step, "wall_s": round(trainer.wall, 1), **last}))
     if args.export:
         export_run(run_dir, Path(args.export), args.eval_data, args.eval_views, data_dirs=args.data)

@@ -7,22 +7,17 @@ objects a step sees.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
 import torch
 
+from triflow3d.utils.seeds import mix_seed
+
 
 def category(row: dict) -> str:
     return str((row.get("attributes") or {}).get("category", ""))
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (sha256, so nearby inputs give unrelated streams)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class BatchPlan:

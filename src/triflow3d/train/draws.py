@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from triflow3d.flow.path import sample_t
-from triflow3d.train.batches import mix_seed
 from triflow3d.train.config import TrainConfig
+from triflow3d.utils.seeds import mix_seed
 
 
 @dataclass

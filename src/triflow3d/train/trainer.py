@@ -410,9 +410,9 @@ class Trainer:
         """
         cfg = self.cfg
         end = cfg.steps if until is None else min(until, cfg.steps)
-        budget = self._budget(time_budget)
         self.log.open()
         self.write_run_files()
+        budget = self._budget(time_budget)
         logger.info("training steps %d..%d on %d rank(s), %s loop; perceptual loss: %s", self.step, end,
                     self.info.world, self.loop, self.perceptual_description)  # fmt: skip
         stats: dict[str, Any] = {}
