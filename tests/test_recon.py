@@ -398,3 +398,29 @@ def test_cpu_results_match_the_reference(folders, tmp_path, path):
     assert [r["loss"] for r in log] == pytest.approx(ref["loss"], rel=2e-5, abs=2e-6)
     assert [r["grad_norm"] for r in log] == pytest.approx(ref["grad_norm"], rel=2e-5, abs=2e-6)
     assert got == pytest.approx(ref["model"], rel=2e-6)
+
+
+def test_resident_loop_resumes_exactly_and_learns(folders, tmp_path):
+    """``--loop resident`` (the CUDA default) forced on the CPU: data on the device, a reseeded device
+    generator per step, numbers read only on logging steps."""
+    _needs_renderer()
+    extra = ["--loop", "resident", "--log-every", "2", "--no-fast-render", "--edge-fraction", "0.2"]
+    straight = _train_cli(folders, tmp_path / "a", 4, extra=extra)
+    _train_cli(folders, tmp_path / "b", 2, extra=extra)
+    resumed = _train_cli(folders, tmp_path / "b", 4, resume=True, extra=extra)
+    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) == 0
+    log = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4] and all(math.isfinite(r["loss"]) for r in log)
+    _train_cli(
+        folders, tmp_path / "t", 24, extra=["--lr", "3e-3", "--ckpt-every", "24", "--loop", "resident"]
+    )
+    log = [json.loads(x) for x in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
+    assert sum(r["loss"] for r in log[-5:]) / 5 < 0.8 * sum(r["loss"] for r in log[:3]) / 3
+
+
+def test_time_budget_shortens_a_recon_run(folders, tmp_path):
+    _needs_renderer()
+    _train_cli(folders, tmp_path / "r", 100_000, extra=["--time-budget", "6", "--ckpt-every", "100000"])
+    saved = json.loads((tmp_path / "r" / "train_config.json").read_text())["train"]["steps"]
+    last = json.loads((tmp_path / "r" / "latest.json").read_text())["step"]
+    assert 2 <= last <= saved < 100_000
