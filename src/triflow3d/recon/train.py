@@ -266,6 +266,8 @@ class ReconTrainer:
         if self.resident:
             self.data = data.to(self.device)
             self.device_gen = torch.Generator(self.device)
+            if self.device.type == "cuda":  # fp32 matrix products at the TF32 rate (cuDNN already uses it)
+                torch.backends.cuda.matmul.allow_tf32 = True
 
     # --- one step -------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
