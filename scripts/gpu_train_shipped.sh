@@ -8,7 +8,7 @@
 #   tests/test_gpu_script.py                             # the same script, tiny, on the CPU (make test)
 #
 # Stages (WORK holds the data and runs; OUT gets what comes back):
-#   deps        wheels carried in .whl/ (trimesh, manifold3d, embreex, pymcubes, pygltflib) -> /tmp/site
+#   deps        wheels carried in .whl/ (trimesh, manifold3d, embreex) -> /tmp/site
 #   data        `shapes make` + `render` (zero123pp rig, random:8) of the train and test splits, NPROC ranks
 #               each, the ranks' manifests merged; the same shapes and cameras as scripts/prepare_shapes.sh
 #   lrm         `recon train` of the model config GTS_LRM_CONFIG (default: the shipped lrm-small's
