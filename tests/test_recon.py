@@ -197,13 +197,13 @@ def test_train_device_flag(folders, tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_cuda_follows_the_cpu_run(folders, tmp_path):
-    """Same rays and jitter (CPU generators) on both devices: the weights after 3 steps agree closely,
-    and a CUDA run resumed on the CPU continues."""
+    """The host loop: same rays and jitter (CPU generators) on both devices, so the weights after 3 steps
+    agree closely, and a CUDA run resumed on the CPU continues."""
     _needs_renderer()
     cpu = _train_cli(folders, tmp_path / "cpu", 3)
-    gpu = _train_cli(folders, tmp_path / "gpu", 3, extra=["--device", "cuda"])
+    gpu = _train_cli(folders, tmp_path / "gpu", 3, extra=["--device", "cuda", "--loop", "host"])
     assert max((cpu[k] - gpu[k]).abs().max().item() for k in cpu) < 1e-3
-    _train_cli(folders, tmp_path / "gpu", 4, resume=True)
+    _train_cli(folders, tmp_path / "gpu", 4, resume=True, extra=["--loop", "host"])
     assert (tmp_path / "gpu" / "checkpoints" / "step_0000004").is_dir()
 
 
@@ -424,3 +424,16 @@ def test_time_budget_shortens_a_recon_run(folders, tmp_path):
     saved = json.loads((tmp_path / "r" / "train_config.json").read_text())["train"]["steps"]
     last = json.loads((tmp_path / "r" / "latest.json").read_text())["step"]
     assert 2 <= last <= saved < 100_000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resident_loop_on_cuda_resumes(folders, tmp_path):
+    """On CUDA `auto` is the resident loop; a resumed run follows a straight one (up to the nondeterminism
+    of CUDA's atomic adds in grid_sample's backward)."""
+    _needs_renderer()
+    extra = ["--device", "cuda", "--no-fast-render"]
+    straight = _train_cli(folders, tmp_path / "a", 4, extra=extra)
+    _train_cli(folders, tmp_path / "b", 2, extra=extra)
+    resumed = _train_cli(folders, tmp_path / "b", 4, resume=True, extra=extra)
+    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) < 1e-4
+    assert json.loads((tmp_path / "a" / "train_config.json").read_text())["train"]["loop"] == "auto"

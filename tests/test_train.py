@@ -476,3 +476,18 @@ def test_time_budget_shortens_the_run(latents, tmp_path):
     assert 4 <= end < 100_000 and trainer.cfg.steps == end
     assert json.loads((tmp_path / "config.json").read_text())["steps"] == end
     assert ck.read_config(ck.resolve_checkpoint(tmp_path))["train_config"]["steps"] == end
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile_mode", ["off", "default"])
+def test_resident_loop_on_cuda(latents, tmp_path, compile_mode):
+    cfg = PRESETS["tiny"].replace(latents=str(latents), out=str(tmp_path / "a"), device="cuda", steps=6,
+                                  batch_size=4, log_every=2, ckpt_every=100, compile=compile_mode)  # fmt: skip
+    trainer = Trainer(cfg)
+    assert trainer.loop == "resident"
+    trainer.fit()
+    Trainer(cfg.replace(out=str(tmp_path / "b"))).fit(until=3)
+    Trainer(cfg.replace(out=str(tmp_path / "b")), resume=tmp_path / "b").fit()
+    a, b = ck.step_dir(tmp_path / "a", 6), ck.step_dir(tmp_path / "b", 6)
+    assert max_diff(load_file(str(a / ck.WEIGHTS)), load_file(str(b / ck.WEIGHTS))) < 1e-4
+    assert all(np.isfinite(r["loss"]) for r in metrics(tmp_path / "a"))
