@@ -61,12 +61,12 @@ now() { echo $(($(date +%s) - START)); }
 emit() { echo "$1" | tee -a "$RESULTS"; }
 
 # --- small helpers (also run as `bash scripts/gpu_train_shipped.sh --stage NAME` under a timeout) -------
-merge_shapes() {  # shapes make in several ranks writes manifest-rank<r>.jsonl; render reads manifest.jsonl
+merge_shapes() {  # the ranks' shapes manifests (manifest-rank<r> / manifest-r<NNN>.jsonl) -> manifest.jsonl
   "$PY" - "$@" <<'PY'
 import json, pathlib, sys
 for folder in map(pathlib.Path, sys.argv[1:]):
     rows = {}
-    for f in [folder / "manifest.jsonl", *sorted(folder.glob("manifest-rank*.jsonl"))]:
+    for f in [folder / "manifest.jsonl", *sorted(folder.glob("manifest-r*.jsonl"))]:
         for line in f.read_text().splitlines() if f.is_file() else []:
             if line.strip():
                 row = json.loads(line)
@@ -99,13 +99,11 @@ make_data() {  # make_data SPLIT:N ...: shapes, then both rigs, NPROC ranks each
     done
   done
   wait
-  # shellcheck disable=SC2046
-  "$PY" - $(for spec in "$@"; do echo "$WORK/views/${spec%%:*} $WORK/views_random/${spec%%:*}"; done) <<'PY'
-import sys
-from triflow3d.render.views import merge_manifests
-for folder in sys.argv[1:]:
-    print("merged manifest:", merge_manifests(folder))
-PY
+  for spec in "$@"; do
+    "${CLI[@]}" render --merge --out "$WORK/views/${spec%%:*}" &
+    "${CLI[@]}" render --merge --out "$WORK/views_random/${spec%%:*}" &
+  done
+  wait
 }
 
 run_state() {  # run_state RUN KIND -> "STEP STEPS" of a recon (lrm) or TriFlow (flow) run folder, or "0 -1"
