@@ -418,12 +418,20 @@ def test_resident_loop_resumes_exactly_and_learns(folders, tmp_path):
     assert sum(r["loss"] for r in log[-5:]) / 5 < 0.8 * sum(r["loss"] for r in log[:3]) / 3
 
 
-def test_time_budget_shortens_a_recon_run(folders, tmp_path):
+def test_time_budget_shortens_a_recon_run(folders, tmp_path, monkeypatch):
+    import itertools
+    import types
+
+    from triflow3d.utils import budget
+
     _needs_renderer()
-    _train_cli(folders, tmp_path / "r", 100_000, extra=["--time-budget", "6", "--ckpt-every", "100000"])
+    ticks = itertools.count()  # TimeBudget's clock: 0.1 s per reading, whatever the machine's load
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * 0.1))
+    _train_cli(folders, tmp_path / "r", 100_000, extra=["--time-budget", "2", "--ckpt-every", "100000"])
     saved = json.loads((tmp_path / "r" / "train_config.json").read_text())["train"]["steps"]
     last = json.loads((tmp_path / "r" / "latest.json").read_text())["step"]
-    assert 2 <= last <= saved < 100_000
+    # readings: start 0, after step 1 0.1, after step 2 (the probe: the warm-up) 0.3 -> 0.2 s a step, 1.7 s left
+    assert last == saved == 2 + 8
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -467,15 +467,27 @@ def test_resident_loop_falls_back_to_eager_when_compiling_fails(latents, tmp_pat
     assert max_diff(trainer.raw.state_dict(), eager.raw.state_dict()) == 0
 
 
-def test_time_budget_shortens_the_run(latents, tmp_path):
+def fake_clock(monkeypatch, tick: float = 0.1) -> None:
+    """TimeBudget's clock advances ``tick`` seconds per reading: the budget logic without the machine's load."""
+    import itertools
+    import types
+
+    from triflow3d.utils import budget
+
+    ticks = itertools.count()
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * tick))
+
+
+def test_time_budget_shortens_the_run(latents, tmp_path, monkeypatch):
+    fake_clock(monkeypatch)
     cfg = tiny(latents, tmp_path, steps=100_000, warmup_steps=4, lr_schedule="cosine", log_every=1000,
                ckpt_every=10**6)  # fmt: skip
     trainer = Trainer(cfg)
-    trainer.fit(time_budget=6.0)
-    end = trainer.step
-    assert 4 <= end < 100_000 and trainer.cfg.steps == end
-    assert json.loads((tmp_path / "config.json").read_text())["steps"] == end
-    assert ck.read_config(ck.resolve_checkpoint(tmp_path))["train_config"]["steps"] == end
+    trainer.fit(time_budget=3.0)
+    # clock readings: start 0, after step 1 0.1, after step 4 0.5 -> 0.133 s a step, 2.5 s left: 18 more
+    assert trainer.step == 22 and trainer.cfg.steps == 22
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 22
+    assert ck.read_config(ck.resolve_checkpoint(tmp_path))["train_config"]["steps"] == 22
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
