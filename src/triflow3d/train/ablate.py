@@ -29,7 +29,7 @@ import torch
 
 from triflow3d.errors import ConfigError
 from triflow3d.models.triflow import TriFlow, TriFlowParams, count_params
-from triflow3d.train.build import model_params, open_latents
+from triflow3d.train.build import model_params, open_run_latents
 from triflow3d.train.config import preset
 from triflow3d.train.text import build_text_encoder
 from triflow3d.train.trainer import Trainer
@@ -204,7 +204,7 @@ def train_variant(cfg: AblationConfig, variant: Variant, vdir: Path) -> dict[str
         shutil.rmtree(vdir, ignore_errors=True)
         write_json(vdir / SPEC, spec)
     tc = train_config(cfg, variant, run_dir)
-    dataset, encoder = open_latents(tc), build_text_encoder(tc)
+    dataset, encoder = open_run_latents(tc), build_text_encoder(tc)
     params, reference = variant_params(tc, variant.arch, dataset, encoder.dim)  # a resumed run keeps its own
     trainer = Trainer(tc, resume=resume, dataset=dataset, text_encoder=encoder, params=params)
     t0 = time.perf_counter()

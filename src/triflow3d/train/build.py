@@ -20,7 +20,7 @@ STATS_FILE = "stats.safetensors"
 STATS_SAMPLE = 2048  # triplanes read to compute the normaliser when no stats file exists
 
 
-def open_latents(cfg: TrainConfig) -> LatentDataset:
+def open_run_latents(cfg: TrainConfig) -> LatentDataset:
     """The run's latents folder (``cfg.latents``), filtered to ``cfg.category`` when set."""
     if not cfg.latents:
         raise ConfigError("no latents folder given (--latents)")

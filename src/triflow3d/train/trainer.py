@@ -48,7 +48,7 @@ from triflow3d.models.text_table import TextTableEncoder
 from triflow3d.models.triflow import TriFlow, TriFlowParams
 from triflow3d.train import checkpoint as ck
 from triflow3d.train.batches import BatchPlan, RankBatches, collate
-from triflow3d.train.build import build_normalizer, check_batch, model_params, open_latents
+from triflow3d.train.build import build_normalizer, check_batch, model_params, open_run_latents
 from triflow3d.train.config import TrainConfig
 from triflow3d.train.distributed import (
     DistInfo,
@@ -127,7 +127,7 @@ class Trainer:
         self.log = RunLogger(Path(cfg.out), self.info.main)
         self.perceptual_description = "no perceptual term"
         check_batch(cfg, self.info.world)
-        self.dataset = dataset if dataset is not None else open_latents(cfg)
+        self.dataset = dataset if dataset is not None else open_run_latents(cfg)
         self.encoder = text_encoder or build_text_encoder(cfg)
         self.source = ck.resolve_checkpoint(resume or init) if (resume or init) else None
         self.source_config = self._check_source()
