@@ -13,9 +13,15 @@
 #                  views, fp32 and bf16 autocast, batch 1 and 8
 #   render         benchmarks/reconstruct.py --render: rays/s plain vs fast, C = 80, instant-nerf-large
 #   train_small    benchmarks/train.py --preset small (for comparison with the CPU figures)
+#   (the two parts above time the loader loop, as before the resident loop existed; issue 17's parts:)
+#   flow_small     TriFlow small, resident loop + torch.compile, batch 1024 (halved on OOM), bf16 and fp32:
+#                  samples/s, MFU, kernel share
+#   flow_paper     TriFlow paper, resident loop + torch.compile, bf16, batch 64: MFU
+#   recon          lrm-small `recon train` step, resident loop, dense render path, batch 64 and 256: objects/s
 # All weights are random. JSON lines go to $OUT/gpu_bench.jsonl (and are echoed); each part's full
 # stdout / stderr is in $OUT/logs/. Env: OUT (default ./out), PYTHON (python3), GPU_BENCH_DEVICE (cuda),
-# GPU_BENCH_QUICK (1: tiny sizes), GPU_BENCH_BUDGET_S (total seconds for all parts, default 280).
+# GPU_BENCH_QUICK (1: tiny sizes), GPU_BENCH_BUDGET_S (total seconds for all parts, default 280),
+# GPU_BENCH_PARTS (the parts to run, default all but issue 17's: "flow_small flow_paper recon" runs those).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -36,6 +42,9 @@ if [ "$QUICK" = 1 ]; then
   ENCODE=(--encoder lrm-small --image-size 128 --batches 1 2 --warmup 1 --iters 2)
   RENDER=(--preset tiny --features 40 --size 16 --views 2 --chunk 256)
   TRAIN_SMALL=(--preset small --batch 4 --min-batch 2 --warmup 1 --steps 1)
+  FLOW_SMALL=(--preset tiny --batch 8 --min-batch 4 --warmup 1 --steps 2 --modes bf16 --profile-steps 1)
+  FLOW_PAPER=(--preset tiny --batch 4 --min-batch 2 --warmup 1 --steps 2 --modes bf16 --profile-steps 1)
+  RECON=(--preset lrm-small --batches 2 --rays 64 --occ-points 64 --objects 2 --warmup 1 --steps 1 --profile-steps 1)
 else
   THREADS=8
   TRAIN_PAPER=(--preset paper --batch 32 --min-batch 8 --warmup 3 --steps 10 --mode-timeout 75)
@@ -43,7 +52,11 @@ else
   ENCODE=(--encoder instantmesh-nerf-large --image-size 320 --batches 1 8 --warmup 3 --iters 10)
   RENDER=(--preset instant-nerf-large --features 80 --size 128 --views 8 --chunk 32768)
   TRAIN_SMALL=(--preset small --batch 32 --min-batch 8 --warmup 3 --steps 10 --mode-timeout 40)
+  FLOW_SMALL=(--preset small --batch 1024 --min-batch 64 --warmup 5 --steps 20 --modes bf16 fp32 --mode-timeout 100)
+  FLOW_PAPER=(--preset paper --batch 64 --min-batch 8 --warmup 4 --steps 8 --modes bf16 --mode-timeout 200)
+  RECON=(--preset lrm-small --batches 64 256 --warmup 2 --steps 6)
 fi
+PARTS=" ${GPU_BENCH_PARTS:-train_paper generate encode render train_small} "
 
 emit() {  # one JSON line -> the JSONL file and the console
   echo "$1" | tee -a "$JSONL"
@@ -53,6 +66,7 @@ START=$SECONDS
 run() {  # run NAME TIMEOUT_S CMD...: JSON lines of CMD's stdout -> $JSONL; a line per part with rc / wall
   local name=$1 secs=$2 left rc t0
   shift 2
+  [[ "$PARTS" == *" $name "* ]] || return 0
   left=$((BUDGET - (SECONDS - START)))
   if [ "$left" -lt 20 ]; then
     emit "{\"bench\": \"part\", \"name\": \"$name\", \"error\": \"skipped: budget of ${BUDGET} s spent\"}"
@@ -93,10 +107,18 @@ print(json.dumps(info))
 EOF
 )"
 
-run train_paper 150 "$PY" benchmarks/train.py --device "$DEVICE" --threads "$THREADS" "${TRAIN_PAPER[@]}"
+run train_paper 150 "$PY" benchmarks/train.py --device "$DEVICE" --threads "$THREADS" "${TRAIN_PAPER[@]}" \
+  --loop loader --compile off
 run generate 120 "$PY" benchmarks/generate.py --sampler-only --device "$DEVICE" --threads "$THREADS" "${GENERATE[@]}"
 run encode 90 "$PY" benchmarks/reconstruct.py --encode --device "$DEVICE" --threads "$THREADS" "${ENCODE[@]}"
 run render 60 "$PY" benchmarks/reconstruct.py --render --device "$DEVICE" --threads "$THREADS" "${RENDER[@]}"
-run train_small 60 "$PY" benchmarks/train.py --device "$DEVICE" --threads "$THREADS" "${TRAIN_SMALL[@]}"
+run train_small 60 "$PY" benchmarks/train.py --device "$DEVICE" --threads "$THREADS" "${TRAIN_SMALL[@]}" \
+  --loop loader --compile off
+run flow_small 220 "$PY" benchmarks/train.py --device "$DEVICE" --threads "$THREADS" "${FLOW_SMALL[@]}" \
+  --loop resident
+run flow_paper 220 "$PY" benchmarks/train.py --device "$DEVICE" --threads "$THREADS" "${FLOW_PAPER[@]}" \
+  --loop resident
+run recon 150 "$PY" benchmarks/recon_train.py --device "$DEVICE" --threads "$THREADS" "${RECON[@]}" \
+  --paths dense --loop resident
 
 echo "== done in $((SECONDS - START)) s; $(grep -c . "$JSONL") JSON lines in $JSONL"

@@ -4,15 +4,18 @@
     python3 benchmarks/recon_train.py --device cuda --batches 4 16 32   # on a GPU
 
 The model is the ``--preset`` (default ``lrm-small``: the shipped architecture, random weights) and the
-step is ``recon.train.Trainer.train_step`` with the shipped recipe's sampling (``--rays`` 2048 rays per
+step is ``recon.train.ReconTrainer.train_step`` with the shipped recipe's sampling (``--rays`` 2048 rays per
 object, ``--samples`` 0 = the model's own 32 + 32, ``--occ-points`` 4096 3D points), through each of the
 renderer ``--paths`` (``fast``: empty-space skipping, the default of ``recon train``; ``dense``:
 ``--no-fast-render``). Data: ``--objects`` random-sphere scenes
 rendered analytically (``recon.synthetic``) on the Zero123++ rig (inputs) and 8 random views
 (supervision) at the preset's image size; the 3D labels are random (their values do not change the cost).
 One JSON line per batch: median / min step seconds, objects/s, ``sample_s`` (the CPU-side ray draw of one
-step, inside the step), peak CUDA memory or peak RSS. ``--profile`` prints a torch.profiler table of one
-more step to stderr.
+step, inside the step), peak CUDA memory or peak RSS; ``tflop_per_step`` (FlopCounterMode over one whole
+step), ``mfu`` against the device's dense peak (``triflow3d.utils.efficiency``; "n/a" on a CPU unless
+``--peak-tflops``) and ``kernel_share`` (GPU kernel time / wall time over ``--profile-steps`` steps; on a
+CPU, operator time). ``--loop resident`` (the CUDA default) keeps the data on the device.
+``--profile`` prints a torch.profiler table of one more step to stderr.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import torch
 from triflow3d.encoders import resolve_config
 from triflow3d.recon.data import load_recon_data, sample_rays
 from triflow3d.recon.synthetic import write_views_folder
-from triflow3d.recon.train import TrainConfig, Trainer
+from triflow3d.recon.train import ReconTrainConfig, ReconTrainer
+from triflow3d.utils.efficiency import count_flops, efficiency, kernel_share, math_dtype
 
 
 def make_data(root: Path, objects: int, image_size: int, occ_samples: int):
@@ -45,35 +49,45 @@ def make_data(root: Path, objects: int, image_size: int, occ_samples: int):
 
 def time_batch(args: argparse.Namespace, data, batch: int, fast: bool, run_dir: Path) -> dict:
     mcfg = resolve_config(args.preset)
-    cfg = TrainConfig(steps=args.warmup + args.steps, batch=batch, rays=args.rays, samples=args.samples,
-                      occ_weight=1.0, occ_points=args.occ_points, occ_samples=data.points.shape[1],
-                      sup_size=int(mcfg.image_size), camera_noise=0.0, fast_render=fast)  # fmt: skip
-    trainer = Trainer(cfg, mcfg, data, run_dir, args.preset, device=args.device)
-    cuda = torch.device(args.device).type == "cuda"
+    extra = 1 + args.profile_steps  # one step counts the FLOPs, then the profiled ones
+    cfg = ReconTrainConfig(steps=args.warmup + args.steps + extra, batch=batch, rays=args.rays,
+                           samples=args.samples, occ_weight=1.0, occ_points=args.occ_points,
+                           occ_samples=data.points.shape[1], sup_size=int(mcfg.image_size), camera_noise=0.0,
+                           fast_render=fast, loop=args.loop)  # fmt: skip
+    trainer = ReconTrainer(cfg, mcfg, data, run_dir, args.preset, device=args.device)
+    dev = trainer.device
+    cuda = dev.type == "cuda"
+    # the host loop reads its numbers every step (as `recon train` does), the resident one only when logging
+    step = trainer.step_tensors if trainer.resident else trainer.train_step
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(cfg.steps):
+    for _ in range(args.warmup + args.steps):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        trainer.train_step()
+        step()
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     timed = sorted(times[args.warmup :])
+    flops = count_flops(step)
+    share = kernel_share(step, dev, args.profile_steps) if args.profile_steps else None
     if args.profile:
         profile_step(trainer, cuda)
     t0 = time.perf_counter()
     sample_rays(data, torch.arange(batch) % len(data), args.rays, cfg.fg_fraction, torch.Generator())
     sample_s = time.perf_counter() - t0
+    step_s = timed[len(timed) // 2]
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     out = {"bench": "recon_train", "preset": args.preset, "device": args.device, "batch": batch,
-           "path": "fast" if fast else "dense",
+           "path": "fast" if fast else "dense", "loop": "resident" if trainer.resident else "host",
            "rays": args.rays, "samples": args.samples, "threads": torch.get_num_threads(),
            "params_m": round(sum(p.numel() for p in trainer.model.parameters()) / 1e6, 2),
-           "steps_timed": len(timed), "step_s_median": round(timed[len(timed) // 2], 4),
-           "step_s_min": round(timed[0], 4), "objects_per_s": round(batch / timed[len(timed) // 2], 1),
-           "sample_s": round(sample_s, 4)}  # fmt: skip
+           "steps_timed": len(timed), "step_s_median": round(step_s, 4),
+           "step_s_min": round(timed[0], 4), "objects_per_s": round(batch / step_s, 1),
+           **efficiency(flops, step_s, dev, math_dtype(dev, False), peak),
+           "kernel_share": None if share is None else round(share, 3), "sample_s": round(sample_s, 4)}  # fmt: skip
     if cuda:
         out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         out["gpu"] = torch.cuda.get_device_name()
@@ -82,7 +96,7 @@ def time_batch(args: argparse.Namespace, data, batch: int, fast: bool, run_dir: 
     return out
 
 
-def profile_step(trainer: Trainer, cuda: bool) -> None:
+def profile_step(trainer: ReconTrainer, cuda: bool) -> None:
     """One more step under torch.profiler: the 15 costliest operators, to stderr."""
     import sys
 
@@ -111,6 +125,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="profile one more step per batch (stderr)")
+    ap.add_argument(
+        "--loop", default="auto", choices=["auto", "host", "resident"], help="ReconTrainConfig.loop"
+    )
+    ap.add_argument(
+        "--profile-steps", type=int, default=2, help="steps under torch.profiler for kernel_share"
+    )
+    ap.add_argument("--peak-tflops", type=float, help="the device's dense peak for MFU (default: the table)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

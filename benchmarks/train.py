@@ -11,7 +11,15 @@ CLIP-L for ``paper``); captions are embedded once before training, so the encode
 time. Flow loss only: the perceptual rendering loss is off (the ``paper`` preset's lpips-vgg needs weight
 files and rendered views). ``--batch`` is the global batch of one step on one device (the ``paper``
 preset's 256 is spread over GPUs). The timed step is ``Trainer.train_step``: per-sample t / eps drawn on
-the CPU, forward, backward, clip, AdamW and EMA; ``draw_s`` is the CPU draw alone.
+the CPU, forward, backward, clip, AdamW and EMA; ``draw_s`` is the CPU draw alone. ``--loop resident``
+(the default on CUDA) times ``Trainer.resident_step`` instead: data, draws and the skip decision on the
+device, the model through ``torch.compile`` unless ``--compile off``.
+
+Efficiency (``triflow3d.utils.efficiency``): ``tflop_per_step`` is one step counted by FlopCounterMode on
+the eager model (forward + backward), ``mfu`` = achieved FLOP/s / the device's dense peak for the step's
+math dtype (``mfu_dtype``: bf16, or tf32 / fp32; "n/a" on a CPU unless ``--peak-tflops`` is given), and
+``kernel_share`` the share of ``--profile-steps`` profiled steps' wall time spent in GPU kernels (on a CPU:
+in operators).
 
 Each mode runs in a fresh child process so its peak RSS (CPU) or peak allocated memory (CUDA) is its own.
 Prints one JSON line per mode. A CUDA out-of-memory prints a line with ``"error": "cuda_oom"`` and the
@@ -39,7 +47,8 @@ from triflow3d.data import latents as lt
 from triflow3d.models.text_encoder import FakeTextEncoder
 from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
 from triflow3d.train import PRESETS, Trainer
-from triflow3d.train.trainer import draw
+from triflow3d.train.draws import draw
+from triflow3d.utils.efficiency import count_flops, efficiency, kernel_share, math_dtype
 
 
 def triplane_shape(preset: str, override: str | None) -> tuple[int, int, int, int]:
@@ -93,49 +102,66 @@ def run_mode(args: argparse.Namespace) -> dict:
 def time_steps(args: argparse.Namespace, shape: tuple[int, ...], text_dim: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = write_latents(Path(tmp) / "latents", max(64, args.batch), shape)
+        extra = 1 + args.profile_steps  # one eager step counts the FLOPs, then the profiled ones
         cfg = PRESETS[args.preset].replace(latents=str(data), out=str(Path(tmp) / "run"), batch_size=args.batch,
-                                           steps=args.warmup + args.steps, bf16=args.mode == "bf16",
-                                           device=args.device, perceptual="none", grad_accum=1)  # fmt: skip
+                                           steps=args.warmup + args.steps + extra, bf16=args.mode == "bf16",
+                                           device=args.device, perceptual="none", grad_accum=1, loop=args.loop,
+                                           compile=args.compile, log_every=10**9)  # fmt: skip
         trainer = Trainer(cfg, text_encoder=FakeTextEncoder(dim=text_dim, max_length=32))
-        cuda = trainer.device.type == "cuda"
+        dev = trainer.device
+        cuda = dev.type == "cuda"
         before = rss_mib()
+        calls = trainer.step_calls(cfg.steps)
+
+        def one_step() -> None:
+            next(calls)()
+            trainer.step += 1
+
         times = []
-        for micro in trainer.step_batches(cfg.steps):
+        for _ in range(args.warmup + args.steps):
+            run = next(calls)  # the loader loop reads its batch here, outside the timed step
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            trainer.train_step(micro)
+            run()
+            trainer.step += 1
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-            trainer.step += 1
         timed = sorted(times[args.warmup :])
+        compiled, trainer.forward = trainer.forward, trainer.model
+        flops = count_flops(one_step)  # the eager model: FlopCounterMode counts operators as they run
+        trainer.forward = compiled
+        share = kernel_share(one_step, dev, args.profile_steps) if args.profile_steps else None
         params = sum(p.numel() for p in trainer.raw.parameters())
         t0 = time.perf_counter()
         draw(cfg, 0, list(range(args.batch)), shape)
         draw_s = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    result = {"device": str(trainer.device), "threads": args.threads,
-              "params_m": round(params / 1e6, 2), "steps_timed": len(timed),
-              "step_s_median": round(timed[len(timed) // 2], 3), "step_s_min": round(timed[0], 3),
-              "samples_per_s": round(args.batch / timed[len(timed) // 2], 1), "draw_s": round(draw_s, 3),
+    step_s = timed[len(timed) // 2]
+    result = {"device": str(dev), "threads": args.threads, "loop": trainer.loop,
+              "compile": args.compile, "params_m": round(params / 1e6, 2), "steps_timed": len(timed),
+              "step_s_median": round(step_s, 4), "step_s_min": round(timed[0], 4),
+              "samples_per_s": round(args.batch / step_s, 1), "draw_s": round(draw_s, 3),
+              **efficiency(flops, step_s, dev, math_dtype(dev, cfg.bf16), args.peak_tflops and args.peak_tflops * 1e12),
+              "kernel_share": None if share is None else round(share, 3),
               "rss_before_steps_mib": round(before), "peak_rss_mib": round(peak),
               "load_avg_1min": round(os.getloadavg()[0], 1)}  # fmt: skip
     if cuda:
         result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
-        result["gpu"] = torch.cuda.get_device_name(trainer.device)
-        result["float32_matmul_precision"] = torch.get_float32_matmul_precision()  # "highest": no TF32
+        result["gpu"] = torch.cuda.get_device_name(dev)
+        result["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+        result["tf32"] = torch.backends.cuda.matmul.allow_tf32
     return result
 
 
 def run_child(args: argparse.Namespace, mode: str, batch: int) -> dict:
     """One mode in a fresh process -> its JSON line, or an ``error`` line when the child failed."""
-    keys = ("preset", "threads", "steps", "warmup", "device")
+    keys = ("preset", "threads", "steps", "warmup", "device", "loop", "compile", "profile_steps")
     cmd = [sys.executable, __file__, "--mode", mode, f"--batch={batch}"]
-    cmd += [f"--{k}={getattr(args, k)}" for k in keys]
-    cmd += [
-        f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("triplane", "text_dim") if getattr(args, k)
-    ]
+    cmd += [f"--{k}={getattr(args, k)}" for k in keys[:4]]
+    cmd += [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys[4:] + ("triplane", "text_dim", "peak_tflops")
+            if getattr(args, k) is not None]  # fmt: skip
     head = {"bench": "train", "preset": args.preset, "mode": mode, "device": args.device, "batch": batch}
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mode_timeout)
@@ -160,6 +186,16 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--modes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--mode-timeout", type=float, help="seconds per child process (default: none)")
+    p.add_argument("--loop", default="auto", choices=["auto", "loader", "resident"], help="TrainConfig.loop")
+    p.add_argument(
+        "--compile", default="auto", help="TrainConfig.compile (auto: default on CUDA, off on the CPU)"
+    )
+    p.add_argument(
+        "--profile-steps", type=int, default=2, help="steps under torch.profiler for kernel_share (0: off)"
+    )
+    p.add_argument(
+        "--peak-tflops", type=float, help="the device's dense peak for MFU (default: the table; CPU: n/a)"
+    )
     p.add_argument("--mode", help=argparse.SUPPRESS)  # child process: run one mode
     args = p.parse_args()
     if args.mode:

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from triflow3d.ablate_cli import load_config
 from triflow3d.cli import main
 from triflow3d.encode import encode_folder
 from triflow3d.encoders import PRESETS, build_reconstructor, load_reconstructor, save_reconstructor
 from triflow3d.errors import ConfigError
-from triflow3d.evaluation.ablate import load_config, match_dit, n_params
 from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
 from triflow3d.recon.synthetic import write_views_folder
+from triflow3d.train.ablate import match_dit, n_params
 
 TINY = dict(
     encoder_feat_dim=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,

@@ -13,7 +13,7 @@ from triflow3d.cameras import zero123pp_rig
 from triflow3d.recon.data import camera_frame_dirs, load_recon_data, sample_rays
 from triflow3d.recon.eval import psnr, silhouette_iou
 from triflow3d.recon.synthetic import random_spheres, write_views_folder
-from triflow3d.recon.train import DataCursor, TrainConfig, lr_at
+from triflow3d.recon.train import DataCursor, ReconTrainConfig, recon_lr_at
 
 # A few-thousand-parameter stand-in for lrm-small (overrides of the preset).
 TINY = dict(
@@ -38,10 +38,10 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_lr_schedule():
-    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
-    assert lr_at(10, cfg) == pytest.approx(1e-3) and lr_at(100, cfg) == pytest.approx(1e-4)
-    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+    cfg = ReconTrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
+    assert recon_lr_at(0, cfg) == pytest.approx(1e-4) and recon_lr_at(9, cfg) == pytest.approx(1e-3)
+    assert recon_lr_at(10, cfg) == pytest.approx(1e-3) and recon_lr_at(100, cfg) == pytest.approx(1e-4)
+    assert all(recon_lr_at(s, cfg) >= recon_lr_at(s + 1, cfg) for s in range(10, 100))
 
 
 def test_cursor_epochs_and_restart():
@@ -93,7 +93,7 @@ def test_edge_rays_sit_on_the_outline(folders):
     rays = sample_rays(data, torch.tensor([0, 1]), 512, 0.0, torch.Generator().manual_seed(0), 1.0)
     assert 0.1 < rays.alpha.mean() < 0.9  # the band holds covered and uncovered pixels
     with pytest.raises(Exception, match="edge_fraction"):
-        TrainConfig(fg_fraction=0.6, edge_fraction=0.5)
+        ReconTrainConfig(fg_fraction=0.6, edge_fraction=0.5)
 
 
 def test_covered_colour_loss_ignores_opacity():
@@ -197,13 +197,13 @@ def test_train_device_flag(folders, tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_cuda_follows_the_cpu_run(folders, tmp_path):
-    """Same rays and jitter (CPU generators) on both devices: the weights after 3 steps agree closely,
-    and a CUDA run resumed on the CPU continues."""
+    """The host loop: same rays and jitter (CPU generators) on both devices, so the weights after 3 steps
+    agree closely, and a CUDA run resumed on the CPU continues."""
     _needs_renderer()
     cpu = _train_cli(folders, tmp_path / "cpu", 3)
-    gpu = _train_cli(folders, tmp_path / "gpu", 3, extra=["--device", "cuda"])
+    gpu = _train_cli(folders, tmp_path / "gpu", 3, extra=["--device", "cuda", "--loop", "host"])
     assert max((cpu[k] - gpu[k]).abs().max().item() for k in cpu) < 1e-3
-    _train_cli(folders, tmp_path / "gpu", 4, resume=True)
+    _train_cli(folders, tmp_path / "gpu", 4, resume=True, extra=["--loop", "host"])
     assert (tmp_path / "gpu" / "checkpoints" / "step_0000004").is_dir()
 
 
@@ -222,8 +222,8 @@ def test_samples_and_render_path_reach_the_renderer(folders, monkeypatch):
     monkeypatch.setattr(volume, "render_rays", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
     g = torch.Generator().manual_seed(0)
     for cfg in (
-        TrainConfig(rays=16, sup_size=16),
-        TrainConfig(rays=16, sup_size=16, samples=12, fast_render=False),
+        ReconTrainConfig(rays=16, sup_size=16),
+        ReconTrainConfig(rays=16, sup_size=16, samples=12, fast_render=False),
     ):
         loss_on_batch(model, data, torch.tensor([0, 1]), cfg, g)["loss"].backward()
     own, dense = seen
@@ -397,3 +397,78 @@ def test_occupancy_labels_of_a_sphere_and_unknown_labels_are_ignored(tmp_path):
     unknown = torch.full((1, 4), -1.0)
     both = torch.cat([known, unknown], 1)
     torch.testing.assert_close(occupancy_loss(torch.zeros(1, 8, 1), both), occupancy_loss(raw, known))
+
+
+# --- the CPU results, pinned -------------------------------------------------------------------------------
+# Computed with `recon train` as it was before the device-resident path (git 408e13c, "lrm-small v3
+# groundwork"), on this CPU: logged loss and gradient norm per step (6 digits) and three numbers of the
+# final weights (sum, sum of squares and a dot product with sin(0, 1, 2, ...), float64, keys in order).
+REFERENCE_RUNS = {
+    "fast": {"extra": ["--colour-weight", "0.5", "--edge-fraction", "0.2"],
+             "loss": [0.440822, 0.380718, 0.415843, 0.419299], "grad_norm": [0.125689, 0.130453, 0.108325, 0.13101],
+             "model": [234.07761380560333, 628.8512791168655, 7.847731417383696]},
+    "dense": {"extra": ["--no-fast-render", "--samples", "8"],
+              "loss": [0.355472, 0.292898, 0.320876, 0.306698], "grad_norm": [0.162426, 0.133447, 0.143596, 0.139479],
+              "model": [233.1954242054125, 629.0558094272194, 7.960390494233145]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["fast", "dense"])
+def test_cpu_results_match_the_reference(folders, tmp_path, path):
+    _needs_renderer()
+    ref = REFERENCE_RUNS[path]
+    weights = _train_cli(folders, tmp_path / path, 4, extra=ref["extra"])
+    log = [json.loads(x) for x in (tmp_path / path / "log.jsonl").read_text().splitlines()]
+    flat = torch.cat([weights[k].double().flatten() for k in sorted(weights)])
+    sin = torch.sin(torch.arange(flat.numel(), dtype=torch.float64))
+    got = [float(flat.sum()), float(flat.square().sum()), float(flat @ sin)]
+    assert [r["loss"] for r in log] == pytest.approx(ref["loss"], rel=2e-5, abs=2e-6)
+    assert [r["grad_norm"] for r in log] == pytest.approx(ref["grad_norm"], rel=2e-5, abs=2e-6)
+    assert got == pytest.approx(ref["model"], rel=2e-6)
+
+
+def test_resident_loop_resumes_exactly_and_learns(folders, tmp_path):
+    """``--loop resident`` (the CUDA default) forced on the CPU: data on the device, a reseeded device
+    generator per step, numbers read only on logging steps."""
+    _needs_renderer()
+    extra = ["--loop", "resident", "--log-every", "2", "--no-fast-render", "--edge-fraction", "0.2"]
+    straight = _train_cli(folders, tmp_path / "a", 4, extra=extra)
+    _train_cli(folders, tmp_path / "b", 2, extra=extra)
+    resumed = _train_cli(folders, tmp_path / "b", 4, resume=True, extra=extra)
+    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) == 0
+    log = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4] and all(math.isfinite(r["loss"]) for r in log)
+    _train_cli(
+        folders, tmp_path / "t", 24, extra=["--lr", "3e-3", "--ckpt-every", "24", "--loop", "resident"]
+    )
+    log = [json.loads(x) for x in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
+    assert sum(r["loss"] for r in log[-5:]) / 5 < 0.8 * sum(r["loss"] for r in log[:3]) / 3
+
+
+def test_time_budget_shortens_a_recon_run(folders, tmp_path, monkeypatch):
+    import itertools
+    import types
+
+    from triflow3d.utils import budget
+
+    _needs_renderer()
+    ticks = itertools.count()  # TimeBudget's clock: 0.1 s per reading, whatever the machine's load
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * 0.1))
+    _train_cli(folders, tmp_path / "r", 100_000, extra=["--time-budget", "2", "--ckpt-every", "100000"])
+    saved = json.loads((tmp_path / "r" / "train_config.json").read_text())["train"]["steps"]
+    last = json.loads((tmp_path / "r" / "latest.json").read_text())["step"]
+    # readings: start 0, after step 1 0.1, after step 2 (the probe: the warm-up) 0.3 -> 0.2 s a step, 1.7 s left
+    assert last == saved == 2 + 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resident_loop_on_cuda_resumes(folders, tmp_path):
+    """On CUDA `auto` is the resident loop; a resumed run follows a straight one (up to the nondeterminism
+    of CUDA's atomic adds in grid_sample's backward)."""
+    _needs_renderer()
+    extra = ["--device", "cuda", "--no-fast-render"]
+    straight = _train_cli(folders, tmp_path / "a", 4, extra=extra)
+    _train_cli(folders, tmp_path / "b", 2, extra=extra)
+    resumed = _train_cli(folders, tmp_path / "b", 4, resume=True, extra=extra)
+    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) < 1e-4
+    assert json.loads((tmp_path / "a" / "train_config.json").read_text())["train"]["loop"] == "auto"

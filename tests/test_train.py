@@ -21,7 +21,10 @@ from triflow3d.data import latents as lt
 from triflow3d.errors import ConfigError
 from triflow3d.train import PRESETS, Trainer, TrainingDivergedError, load_model
 from triflow3d.train import checkpoint as ck
-from triflow3d.train.trainer import BatchPlan, TextTable, draw, lr_at
+from triflow3d.train.batches import BatchPlan
+from triflow3d.train.draws import draw
+from triflow3d.train.optim import lr_at
+from triflow3d.train.text import TextTable
 
 SHAPE = (3, 8, 16, 16)  # the tiny TriFlow preset's triplanes
 CATEGORIES = ("chair", "car")
@@ -262,7 +265,7 @@ def test_perceptual_rendering_loss(tmp_path):
 def test_render_loss_weighting_and_gradient(tmp_path):
     from triflow3d.latents.normalizer import LatentNormalizer
     from triflow3d.perceptual import make_perceptual_loss
-    from triflow3d.train.trainer import RenderLoss
+    from triflow3d.train.render_loss import RenderLoss
     from triflow3d.triplane.field import TriplaneField
 
     views = make_views(tmp_path, ["a", "b"])
@@ -333,3 +336,170 @@ def test_two_process_ddp_matches_one_process(latents, tmp_path):
     losses = [[r["loss"] for r in metrics(p) if "loss" in r] for p in (tmp_path / "ddp", tmp_path / "one")]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     shutil.rmtree(tmp_path / "ddp")
+
+
+# --- the CPU results of the loader path, pinned ----------------------------------------------------------
+# Computed with the loop as it was before the device-resident path existed (git 3e35b32), on this CPU:
+# per-step loss and gradient norm, and three numbers of the final weights and EMA (sum, sum of squares and
+# a dot product with sin(0, 1, 2, ...) over every tensor in key order, float64).
+REFERENCE_RUNS = {
+    "fp32": {
+        "loss": [1.964917927980423, 2.0367564260959625, 1.9951125085353851,
+                 1.987070083618164, 1.9612633287906647, 1.9352652430534363],
+        "grad_norm": [0.2129794955253601, 0.21989771723747253, 0.20922939479351044,
+                      0.20057770609855652, 0.19965703785419464, 0.19080978631973267],
+        "model": [775.2779320210223, 5022.411265122273, 58.20283640308578],
+        "ema": [775.1919894910395, 5022.284272445226, 58.26518416294703],
+    },
+    "bf16": {
+        "loss": [1.964917927980423, 2.0367458164691925, 1.995114028453827,
+                 1.987084537744522, 1.9613037407398224, 1.935315102338791],
+        "grad_norm": [0.2129892110824585, 0.2198781967163086, 0.20905722677707672,
+                      0.20021626353263855, 0.19914865493774414, 0.19014695286750793],
+        "model": [775.2668644031094, 5022.4260015065065, 58.20514054447519],
+        "ema": [775.1851561538059, 5022.297470873595, 58.26671007307753],
+    },
+}  # fmt: skip
+
+
+def fingerprint(sd: dict[str, torch.Tensor]) -> list[float]:
+    flat = torch.cat([sd[k].double().flatten() for k in sorted(sd)])
+    w = torch.sin(torch.arange(flat.numel(), dtype=torch.float64))
+    return [float(flat.sum()), float(flat.square().sum()), float(flat @ w)]
+
+
+@pytest.mark.parametrize("mode", ["fp32", "bf16"])
+def test_cpu_results_match_the_reference(tmp_path, mode):
+    data = make_latents(tmp_path / "lat")
+    cfg = tiny(data, tmp_path / "run", steps=6, batch_size=4, grad_accum=2, balance_classes=True, center_text=True,
+               lr_schedule="cosine", warmup_steps=2, min_lr=1e-4, log_every=1, ckpt_every=100,
+               bf16=mode == "bf16")  # fmt: skip
+    Trainer(cfg).fit()
+    rows = metrics(tmp_path / "run")
+    ref, path = REFERENCE_RUNS[mode], ck.step_dir(tmp_path / "run", 6)
+    np.testing.assert_allclose([r["loss"] for r in rows], ref["loss"], rtol=2e-6)
+    np.testing.assert_allclose([r["grad_norm"] for r in rows], ref["grad_norm"], rtol=2e-5)
+    np.testing.assert_allclose(fingerprint(load_file(str(path / ck.WEIGHTS))), ref["model"], rtol=2e-6)
+    np.testing.assert_allclose(fingerprint(load_file(str(path / ck.EMA_WEIGHTS))), ref["ema"], rtol=2e-6)
+
+
+# --- the device-resident loop (forced on the CPU here; chosen automatically on CUDA) ----------------------
+def test_loop_choice(latents, tmp_path):
+    assert Trainer(tiny(latents, tmp_path / "a")).loop == "loader"  # auto on the CPU: today's loop
+    assert Trainer(tiny(latents, tmp_path / "b", loop="resident")).loop == "resident"
+    with pytest.raises(ConfigError, match="flow loss only"):
+        Trainer(tiny(latents, tmp_path / "c", loop="resident", perceptual="random-vgg"))
+
+
+def test_resident_data_and_order_match_the_loader(latents, tmp_path):
+    from triflow3d.train.batches import RankBatches
+    from triflow3d.train.resident import IndexFeed
+
+    trainer = Trainer(
+        tiny(latents, tmp_path, loop="resident", batch_size=4, grad_accum=2, balance_classes=True)
+    )
+    data = trainer.resident
+    items = [trainer.dataset[i] for i in range(len(trainer.dataset))]
+    assert torch.equal(data.triplanes.float(), torch.stack([it["triplane"] for it in items]).half().float())
+    assert torch.equal(data.weights.float(), torch.stack([it["weights"] for it in items]).half().float())
+    batches = RankBatches(trainer.plan, 0, 10, 0, 1, 2)
+    feed = IndexFeed(batches, torch.device("cpu"), chunk=3)
+    assert [feed(s).tolist() for s in range(10)] == [batches.step_indices(s) for s in range(10)]
+    idx, drop = torch.tensor([0, 1, 2]), torch.tensor([False, True, False])
+    got = data.gather(idx, drop).text
+    want = trainer.text([items[0]["caption"], "", items[2]["caption"]], torch.device("cpu"))
+    for g, w in zip((got.tokens, got.pooled), (want.tokens, want.pooled)):
+        assert torch.equal(g[:, : w.shape[1]] if g.ndim == 3 else g, w)
+    assert (
+        torch.equal(got.mask[:, : want.mask.shape[1]], want.mask)
+        and not got.mask[:, want.mask.shape[1] :].any()
+    )
+
+
+def test_resident_loop_learns_and_resumes_exactly(latents, tmp_path):
+    cfg = tiny(latents, tmp_path / "a", steps=6, batch_size=4, grad_accum=2, log_every=2, ckpt_every=100,
+               loop="resident", lr=5e-3)  # fmt: skip
+    Trainer(cfg).fit()
+    cfg_b = cfg.replace(out=str(tmp_path / "b"))
+    Trainer(cfg_b).fit(until=3)
+    Trainer(cfg_b, resume=tmp_path / "b").fit()
+    a, b = ck.step_dir(tmp_path / "a", 6), ck.step_dir(tmp_path / "b", 6)
+    for name in (ck.WEIGHTS, ck.EMA_WEIGHTS):
+        assert max_diff(load_file(str(a / name)), load_file(str(b / name))) == 0, name
+    rows = metrics(tmp_path / "a")
+    assert [r["step"] for r in rows] == [2, 4, 6] and all(r["skipped"] == 0 for r in rows)
+    assert json.loads((a / ck.STATE_JSON).read_text())["loop"] == "resident"
+    long = tiny(latents, tmp_path / "c", steps=40, batch_size=8, lr=5e-3, log_every=1, ckpt_every=100,
+                loop="resident")  # fmt: skip
+    trainer = Trainer(long)
+    before = held_out_loss(trainer)
+    trainer.fit()
+    assert held_out_loss(trainer) < 0.85 * before
+
+
+def test_resident_loop_skips_non_finite_steps_on_the_device(tmp_path):
+    bad = make_latents(tmp_path / "nan", nan=True)
+    cfg = tiny(bad, tmp_path / "run", steps=10, max_nan_steps=3, normalizer_mode="none", normalizer_clamp=None,
+               loop="resident", log_every=2)  # fmt: skip
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.raw.state_dict().items()}
+    ema = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+    with pytest.raises(TrainingDivergedError, match="non-finite steps in a row"):
+        trainer.fit()
+    assert trainer.step == 4  # found at the second logging step
+    assert max_diff(before, trainer.raw.state_dict()) == 0 and max_diff(ema, trainer.ema.state_dict()) == 0
+    assert [r["skipped"] for r in metrics(tmp_path / "run")] == [2]
+
+
+def test_resident_loop_falls_back_to_eager_when_compiling_fails(latents, tmp_path, monkeypatch):
+    def broken(model, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg = tiny(latents, tmp_path / "c", steps=3, loop="resident", compile="default", ckpt_every=100)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    eager = Trainer(cfg.replace(out=str(tmp_path / "e"), compile="off"))
+    eager.fit()
+    assert max_diff(trainer.raw.state_dict(), eager.raw.state_dict()) == 0
+
+
+def fake_clock(monkeypatch, tick: float = 0.1) -> None:
+    """TimeBudget's clock advances ``tick`` seconds per reading: the budget logic without the machine's load."""
+    import itertools
+    import types
+
+    from triflow3d.utils import budget
+
+    ticks = itertools.count()
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * tick))
+
+
+def test_time_budget_shortens_the_run(latents, tmp_path, monkeypatch):
+    fake_clock(monkeypatch)
+    cfg = tiny(latents, tmp_path, steps=100_000, warmup_steps=4, lr_schedule="cosine", log_every=1000,
+               ckpt_every=10**6)  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.fit(time_budget=3.0)
+    # clock readings: start 0, after step 1 0.1, after step 4 0.5 -> 0.133 s a step, 2.5 s left: 18 more
+    assert trainer.step == 22 and trainer.cfg.steps == 22
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 22
+    assert ck.read_config(ck.resolve_checkpoint(tmp_path))["train_config"]["steps"] == 22
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile_mode", ["off", "default"])
+def test_resident_loop_on_cuda(latents, tmp_path, compile_mode):
+    cfg = PRESETS["tiny"].replace(latents=str(latents), out=str(tmp_path / "a"), device="cuda", steps=6,
+                                  batch_size=4, log_every=2, ckpt_every=100, compile=compile_mode)  # fmt: skip
+    trainer = Trainer(cfg)
+    assert trainer.loop == "resident"
+    trainer.fit()
+    Trainer(cfg.replace(out=str(tmp_path / "b"))).fit(until=3)
+    Trainer(cfg.replace(out=str(tmp_path / "b")), resume=tmp_path / "b").fit()
+    a, b = ck.step_dir(tmp_path / "a", 6), ck.step_dir(tmp_path / "b", 6)
+    assert max_diff(load_file(str(a / ck.WEIGHTS)), load_file(str(b / ck.WEIGHTS))) < 1e-4
+    assert all(np.isfinite(r["loss"]) for r in metrics(tmp_path / "a"))

@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "eval": ("triflow3d.evaluation.cli", "evaluate a model on the shape benchmark: metrics, report, figures"),
     "ablate": (
-        "triflow3d.evaluation.ablate",
+        "triflow3d.ablate_cli",
         "matched small trainings of design variants, evaluated and tabled",
     ),
     "serve": ("triflow3d.serve", "local web app: text -> 3D and reconstruction in the browser (gradio)"),

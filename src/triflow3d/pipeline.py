@@ -47,8 +47,10 @@ from triflow3d.models.text_encoder import (
     MiniLMTextEncoder,
     TextEmbedding,
     TextEncoder,
+    embed_rows,
     make_text_encoder,
 )
+from triflow3d.models.text_table import TextTableEncoder
 from triflow3d.models.triflow import TriFlow
 from triflow3d.train import checkpoint as ck
 from triflow3d.utils.io import atomic_path
@@ -101,6 +103,9 @@ def text_encoder_spec(encoder: TextEncoder) -> dict[str, Any]:
         spec |= {"kind": "minilm", "normalize": inner.normalize}
     elif isinstance(inner, HFTextEncoder):
         spec |= {"kind": inner.kind}
+    elif isinstance(inner, TextTableEncoder):  # the table stands in for the encoder that made it
+        spec |= {"kind": inner.kind, "path": None}  # path None: the encoder's default weights elsewhere
+        spec |= {"normalize": inner.normalize} if inner.normalize is not None else {}
     return spec
 
 
@@ -132,7 +137,8 @@ def build_text_encoder(
     kw = {"max_length": int(spec["max_length"])} if spec.get("max_length") else {}
     if kind == "minilm" and "normalize" in spec:
         kw["normalize"] = bool(spec["normalize"])
-    return make_text_encoder(kind, path or spec.get("path") or train.get("text_encoder_path"), device, **kw)
+    recorded = spec["path"] if "path" in spec else train.get("text_encoder_path")  # None: the default weights
+    return make_text_encoder(kind, path or recorded, device, **kw)
 
 
 # --- checks -------------------------------------------------------------------------------------------
@@ -423,14 +429,8 @@ class TextTo3DPipeline:
     # --- sampling ----------------------------------------------------------------------------------
     def encode(self, prompts: list[str]) -> TextEmbedding:
         """Each prompt encoded alone (batch-independent), padded together, pooled vector centred."""
-        rows = []
-        for p in prompts:
-            e = self.text_encoder([p]).to("cpu", torch.float32)
-            rows.append((e.tokens[0][e.mask[0]], e.pooled[0]))
-        emb = TextEmbedding.from_rows(rows).to(self.device)
-        if self.text_center is not None:
-            emb = TextEmbedding(emb.tokens, emb.mask, emb.pooled - self.text_center)
-        return emb
+        rows = embed_rows(self.text_encoder, list(prompts), chunk=1)
+        return TextEmbedding.from_rows(rows).to(self.device).centred(self.text_center)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int], settings: SamplerSettings) -> Tensor:

@@ -223,6 +223,25 @@ class LatentDataset(Dataset):
                 item[name] = f.get_slice(name)[r : r + 1][0].float()
         return item
 
+    def stacked(self, name: str = TRIPLANE_KEY) -> torch.Tensor | None:
+        """Every row's triplane (``name`` = "triplanes") or sidecar tensor, stacked in row order (N, ...) in
+        its stored dtype, each file read once; None when a sidecar is missing for any row."""
+        by_file: dict[str, list[tuple[int, int]]] = {}
+        for i, row in enumerate(self.rows):
+            shard = str(row["shard"])
+            file = shard if name == TRIPLANE_KEY else sidecar_name(shard, name)
+            by_file.setdefault(file, []).append((i, int(row["row"])))
+        out: torch.Tensor | None = None
+        for file, pairs in by_file.items():
+            f = self._open(file)
+            if f is None:
+                return None
+            part = f.get_tensor(name)[torch.tensor([r for _, r in pairs])]  # (n_file, ...)
+            if out is None:
+                out = part.new_empty((len(self.rows), *part.shape[1:]))
+            out[torch.tensor([i for i, _ in pairs])] = part
+        return out
+
 
 # --- sidecars: per-shard extra tensors (same row order), e.g. the spatial loss weights ---------------
 def sidecar_name(shard: str, name: str) -> str:

@@ -58,6 +58,26 @@ class TextEmbedding:
         mask = torch.arange(length, device=tokens.device)[None] < lengths[:, None]  # (B, L)
         return TextEmbedding(tokens, mask, torch.stack([p for _, p in rows]))
 
+    def rows(self) -> list[tuple[Tensor, Tensor]]:
+        """The inverse of ``from_rows``: each prompt's unpadded (tokens (L_i, D), pooled (D,))."""
+        return [(self.tokens[i][self.mask[i]], self.pooled[i].clone()) for i in range(len(self))]
+
+    def centred(self, center: Tensor | None) -> TextEmbedding:
+        """pooled - center (unchanged for None): the condition of a model trained with centred pooled
+        embeddings (``TrainConfig.center_text``). Training and sampling both centre here."""
+        if center is None:
+            return self
+        return TextEmbedding(self.tokens, self.mask, self.pooled - center.to(self.pooled))
+
+
+def embed_rows(encoder: TextEncoder, texts: list[str], chunk: int = 1) -> list[tuple[Tensor, Tensor]]:
+    """Each text's unpadded (tokens (L_i, D), pooled (D,)) in float32 on the CPU, ``chunk`` texts per
+    encoder call (1: every text encoded alone, so its row never depends on the other texts)."""
+    rows: list[tuple[Tensor, Tensor]] = []
+    for i in range(0, len(texts), chunk):
+        rows += encoder(texts[i : i + chunk]).to("cpu", torch.float32).rows()
+    return rows
+
 
 @runtime_checkable
 class TextEncoder(Protocol):
@@ -217,7 +237,12 @@ class FakeTextEncoder:
 def make_text_encoder(
     name: str, path: str | Path | None = None, device: torch.device | str = "cpu", **kwargs
 ) -> TextEncoder:
-    """Build an encoder by name: ``minilm`` (default), ``clip-l`` / ``t5`` (need ``path``), ``fake``."""
+    """Build an encoder by name: ``minilm`` (default), ``clip-l`` / ``t5`` (need ``path``), ``fake``; a
+    ``path`` naming a text table file (``models.text_table``) of that encoder stands in for it."""
+    if path is not None and str(path).endswith(".safetensors"):
+        from triflow3d.models.text_table import TextTableEncoder
+
+        return TextTableEncoder(path, kind=name, device=device)
     if name == "minilm":
         return MiniLMTextEncoder(device=device, model_dir=path, **kwargs)
     if name in HF_KINDS:
@@ -253,10 +278,8 @@ class CachedTextEncoder:
                 rows[text] = (d["tokens"], d["pooled"])
         missing = [t for t in dict.fromkeys(texts) if t not in rows]
         if missing:
-            emb = self.encoder(missing)
-            for i, text in enumerate(missing):
-                row = {"tokens": emb.tokens[i][emb.mask[i]].float().cpu().contiguous(),
-                       "pooled": emb.pooled[i].float().cpu().contiguous()}  # fmt: skip
+            for text, (tokens, pooled) in zip(missing, self.encoder(missing).to("cpu", torch.float32).rows()):
+                row = {"tokens": tokens.contiguous(), "pooled": pooled.contiguous()}
                 with atomic_path(self.path_for(text)) as tmp:
                     save_file(row, str(tmp), metadata={"encoder": self.name, "caption": text[:200]})
                 rows[text] = (row["tokens"], row["pooled"])

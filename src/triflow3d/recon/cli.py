@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument(
+        "--time-budget",
+        type=float,
+        help="seconds: shorten --steps so the run ends in time (ReconTrainer.run)",
+    )
     t.add_argument("--preset", default="lrm-small", help="reconstructor preset to train")
     t.add_argument("--model-config", help="JSON file or inline JSON of preset overrides (tiny runs, tests)")
     t.add_argument("--views-per-object", type=int, default=None, help="cap on supervision views per object")
@@ -53,9 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=min(8, os.cpu_count() or 1),
         help="threads that read the views and processes that label 3D points",
     )
-    from triflow3d.recon.train import TrainConfig
+    from triflow3d.recon.train import ReconTrainConfig
 
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(ReconTrainConfig):
         if f.name in ("betas",):
             continue
         flag = f"--{f.name.replace('_', '-')}"
@@ -144,18 +149,21 @@ def _model_config(preset: str, override: str | None):
 
 def _train(args) -> int:
     from triflow3d.recon.data import load_recon_data
-    from triflow3d.recon.train import TrainConfig, Trainer, check_run_config, latest_checkpoint
+    from triflow3d.recon.train import ReconTrainConfig, ReconTrainer, check_run_config, latest_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "betas"]
-    cfg = TrainConfig(**{n: getattr(args, n) for n in names})
+    names = [f.name for f in dataclasses.fields(ReconTrainConfig) if f.name != "betas"]
+    cfg = ReconTrainConfig(**{n: getattr(args, n) for n in names})
     mcfg = _model_config(args.preset, args.model_config)
     device = resolve_device(args.device)
     run_dir = Path(args.out)
     if run_dir.exists() and any(run_dir.iterdir()) and not args.resume:
         raise ConfigError(f"{run_dir}: run folder is not empty; pass --resume or choose a new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "train_config.json"
+    if args.time_budget and args.resume and saved.is_file():  # the budget of the first run fixed the length
+        cfg = dataclasses.replace(cfg, steps=min(cfg.steps, json.loads(saved.read_text())["train"]["steps"]))
     check_run_config(run_dir, cfg, mcfg, args.preset)
     data = load_recon_data(
         args.data, args.supervision, mcfg.image_size, cfg.sup_size, args.views_per_object, args.limit,
@@ -170,11 +178,11 @@ def _train(args) -> int:
         file=sys.stderr,
     )
     ck = latest_checkpoint(run_dir) if args.resume else None
-    trainer = Trainer(cfg, mcfg, data, run_dir, args.preset, resuming=ck is not None, device=device)
+    trainer = ReconTrainer(cfg, mcfg, data, run_dir, args.preset, resuming=ck is not None, device=device)
     if ck is not None:
         trainer.load(ck)
         print(f"resumed from {ck} at step {trainer.step}", file=sys.stderr)
-    last = trainer.run()
+    last = trainer.run(time_budget=args.time_budget)
     print(json.dumps({"step": trainer.step, "wall_s": round(trainer.wall, 1), **last}))
     if args.export:
         export_run(run_dir, Path(args.export), args.eval_data, args.eval_views, data_dirs=args.data)

@@ -35,9 +35,25 @@ class ReconData:
     dirs: list[Path] | None = None  # each object's input views folder
     points: torch.Tensor | None = None  # (N, P, 3) 3D supervision points, when enabled
     occ: torch.Tensor | None = None  # (N, P) inside labels of those points
+    frame_dirs: torch.Tensor | None = None  # (S*S, 3) camera-frame ray directions of the shared sup_K
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def to(self, device: torch.device | str) -> ReconData:
+        """A copy with every tensor on ``device`` (uint8 images stay uint8) and the supervision views'
+        shared field of view checked once and turned into ``frame_dirs``: the device-resident data of a
+        training run, from which ``sample_rays`` draws with no host synchronisation."""
+        K0 = self.sup_K[0, 0]
+        if not torch.allclose(self.sup_K, K0.expand_as(self.sup_K)):
+            raise ConfigError("supervision views must share one field of view")
+        move = {
+            f: getattr(self, f)
+            for f in ("inputs", "input_cameras", "sup", "sup_c2w", "sup_K", "points", "occ")
+        }
+        move = {k: None if v is None else v.to(device) for k, v in move.items()}
+        dirs = camera_frame_dirs(K0, self.sup.shape[-1]).to(device)
+        return ReconData(self.ids, failures=self.failures, dirs=self.dirs, frame_dirs=dirs, **move)
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -165,10 +181,13 @@ def sample_rays(
     flat = torch.multinomial(w, n_rays, replacement=True, generator=g)  # (B, N) over views x pixels
     view, pix = flat // (S * S), flat % (S * S)
     c2w = data.sup_c2w[idx].gather(1, view[..., None, None].expand(B, n_rays, 4, 4))  # (B, N, 4, 4)
-    K0 = data.sup_K[idx[0], 0]
-    if not torch.allclose(data.sup_K[idx], K0.expand_as(data.sup_K[idx])):
-        raise ConfigError("supervision views must share one field of view")
-    d_cam = camera_frame_dirs(K0, S)[pix]  # (B, N, 3)
+    if data.frame_dirs is not None:  # resident data: the shared field of view was checked by ReconData.to
+        d_cam = data.frame_dirs[pix]  # (B, N, 3)
+    else:
+        K0 = data.sup_K[idx[0], 0]
+        if not torch.allclose(data.sup_K[idx], K0.expand_as(data.sup_K[idx])):
+            raise ConfigError("supervision views must share one field of view")
+        d_cam = camera_frame_dirs(K0, S)[pix]  # (B, N, 3)
     dirs = torch.einsum("bnij,bnj->bni", c2w[..., :3, :3], d_cam)
     rgba = sup.permute(0, 1, 3, 4, 2).reshape(B, M * S * S, 4).gather(1, flat[..., None].expand(B, n_rays, 4))
     rgba = rgba.float() / 255.0

@@ -35,12 +35,16 @@ from triflow3d.encoders import (
 from triflow3d.errors import CheckpointError, ConfigError
 from triflow3d.recon.data import ReconData, sample_rays
 from triflow3d.recon.points import occupancy_loss
+from triflow3d.utils.budget import TimeBudget
 from triflow3d.utils.io import append_jsonl, atomic_path, write_json
 from triflow3d.utils.progress import progress_bar
+from triflow3d.utils.seeds import mix_seed
+
+LOOPS = ("auto", "host", "resident")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ReconTrainConfig:
     """Optimisation and data-sampling knobs (the model itself is a ReconstructorConfig)."""
 
     steps: int = 6000
@@ -92,6 +96,10 @@ class TrainConfig:
     freeze_decoder: bool = False
     """Keep the field decoder fixed (with ``init``: triplanes stay decodable by the starting model's
     decoder, so latents and generators made with it stay valid)."""
+    loop: str = "auto"
+    """``host``: data and random draws on the CPU, the batch moved per step (the same rays on any device);
+    ``resident``: data on the training device, draws from a device generator reseeded every step, numbers
+    read back only every ``log_every`` steps; ``auto``: resident on CUDA, host on the CPU."""
     seed: int = 0
     ckpt_every: int = 500
     log_every: int = 10
@@ -105,11 +113,13 @@ class TrainConfig:
             raise ConfigError(f"train samples must be 0 (the model's own) or >= 8, got {self.samples}")
         if not 0.0 <= self.fg_fraction <= 1.0:
             raise ConfigError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
+        if self.loop not in LOOPS:
+            raise ConfigError(f"train loop must be one of {LOOPS}, got {self.loop!r}")
         if not 0.0 <= self.edge_fraction <= 1.0 - self.fg_fraction:
             raise ConfigError(f"edge_fraction must be in [0, 1 - fg_fraction], got {self.edge_fraction}")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def recon_lr_at(step: int, cfg: ReconTrainConfig) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -140,17 +150,21 @@ class DataCursor:
 
 
 def loss_on_batch(
-    model: TriplaneReconstructor, data: ReconData, idx: torch.Tensor, cfg: TrainConfig, g: torch.Generator
+    model: TriplaneReconstructor,
+    data: ReconData,
+    idx: torch.Tensor,
+    cfg: ReconTrainConfig,
+    g: torch.Generator,
 ) -> dict[str, torch.Tensor]:
     """Render random supervision rays of objects ``idx`` from their predicted triplanes -> losses."""
     from triflow3d.triplane.volume import render_rays
 
-    # Data and random draws stay on the CPU (``g`` is a CPU generator: the same run on any device);
-    # only the step's batch moves to the model's device.
+    # The host loop: data and draws on the CPU (``g`` a CPU generator: the same run on any device), the
+    # step's batch moved to the model's device. The resident loop: all of it on the device already.
     dev = next(model.parameters()).device
     images = data.inputs[idx].to(dev).float() / 255.0  # (B, V, 3, H, W)
     cams = data.input_cameras[idx]
-    cams = (cams + cfg.camera_noise * (2 * torch.rand(cams.shape, generator=g) - 1)).to(dev)
+    cams = (cams + cfg.camera_noise * (2 * torch.rand(cams.shape, generator=g, device=g.device) - 1)).to(dev)
     rays = sample_rays(data, idx, cfg.rays, cfg.fg_fraction, g, cfg.edge_fraction).to(dev)
     planes = model.forward_planes(images, cams)  # (B, 3, C, R, R)
     opts = train_render_options(model, cfg)
@@ -220,14 +234,14 @@ def occupancy_term(
     """BCE of ``n`` random labelled 3D points per object against the density at the mesh threshold."""
     if data.points is None or data.occ is None:
         raise ConfigError("occ_weight > 0 needs 3D supervision points (ReconData.points)")
-    pick = torch.randint(0, data.points.shape[1], (len(idx), n), generator=g)  # (B, n)
+    pick = torch.randint(0, data.points.shape[1], (len(idx), n), generator=g, device=g.device)  # (B, n)
     pts = data.points[idx].gather(1, pick[..., None].expand(-1, -1, 3))
     occ = data.occ[idx].gather(1, pick)
     pts, occ = pts.to(planes.device), occ.to(planes.device)
     return occupancy_loss(model.synthesizer.query(planes, pts)["sigma_raw"], occ)
 
 
-def train_render_options(model: TriplaneReconstructor, cfg: TrainConfig):
+def train_render_options(model: TriplaneReconstructor, cfg: ReconTrainConfig):
     """The model's render options with ``cfg.samples`` per ray (if set) and ``cfg.fast_render``."""
     opts = model.render_options
     if cfg.samples:
@@ -237,14 +251,16 @@ def train_render_options(model: TriplaneReconstructor, cfg: TrainConfig):
     return dataclasses.replace(opts, fast=cfg.fast_render)
 
 
-class Trainer:
+class ReconTrainer:
     """Holds model, optimiser, RNGs and data cursor; ``run()`` is the loop, ``save()``/``load()`` resume.
 
-    ``device`` holds the model and each step's batch; the data and every RNG stay on the CPU, so a run
-    draws the same rays on any device and may resume on another one.
+    ``device`` holds the model. The host loop keeps the data and every RNG on the CPU and moves each step's
+    batch, so a run draws the same rays on any device and may resume on another one. The resident loop
+    (``cfg.loop``; the default on CUDA) holds the data on the device (``ReconData.to``) and draws each
+    step from a device generator seeded by (seed, step): nothing crosses to the host between logs.
     """
 
-    def __init__(self, cfg: TrainConfig, model_config: ReconstructorConfig, data: ReconData, run_dir: Path,
+    def __init__(self, cfg: ReconTrainConfig, model_config: ReconstructorConfig, data: ReconData, run_dir: Path,
                  encoder_id: str = "lrm-small", resuming: bool = False, device: str = "cpu"):  # fmt: skip
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model = build_reconstructor(model_config, encoder_id=encoder_id, seed=cfg.seed).train()
@@ -265,22 +281,44 @@ class Trainer:
         self.cursor = DataCursor(cfg.seed)
         self.step = 0
         self.wall = 0.0  # training seconds accumulated over resumes
+        self.device = torch.device(device)
+        self.resident = cfg.loop == "resident" or (cfg.loop == "auto" and self.device.type == "cuda")
+        if self.resident:
+            self.data = data.to(self.device)
+            self.device_gen = torch.Generator(self.device)
+            if self.device.type == "cuda":  # fp32 matrix products at the TF32 rate (cuDNN already uses it)
+                torch.backends.cuda.matmul.allow_tf32 = True
 
     # --- one step -------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
+        """One step; its numbers (a host synchronisation)."""
+        return self.numbers(self.step_tensors())
+
+    def step_tensors(self) -> dict[str, torch.Tensor | float]:
+        """One step; its losses and gradient norm as device tensors (nothing read back)."""
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, self.cfg)
+            group["lr"] = recon_lr_at(self.step, self.cfg)
         idx = self.cursor.next(len(self.data), self.cfg.batch)
-        losses = loss_on_batch(self.model, self.data, idx, self.cfg, self.gen)
+        g = self.gen
+        if self.resident:
+            idx = (idx.pin_memory() if self.device.type == "cuda" else idx).to(self.device, non_blocking=True)
+            g = self.device_gen.manual_seed(mix_seed(self.cfg.seed, self.step))
+        losses = loss_on_batch(self.model, self.data, idx, self.cfg, g)
         self.opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
-        out = {k: float(v.detach()) for k, v in losses.items()}
-        out |= {"grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"]}
-        out["psnr"] = -10.0 * math.log10(max(out["rgb_mse"], 1e-10))
-        return out
+        return {k: v.detach() for k, v in losses.items()} | {
+            "grad_norm": gnorm,
+            "lr": self.opt.param_groups[0]["lr"],
+        }
+
+    @staticmethod
+    def numbers(out: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        nums = {k: float(v) for k, v in out.items()}
+        nums["psnr"] = -10.0 * math.log10(max(nums["rgb_mse"], 1e-10))
+        return nums
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict:
@@ -322,26 +360,64 @@ class Trainer:
         self.cursor = DataCursor(**st["cursor"])
 
     # --- loop -----------------------------------------------------------------------------------
-    def run(self, log: bool = True) -> dict[str, float]:
-        """Train until ``cfg.steps``; checkpoint every ``ckpt_every`` steps and at the end."""
+    def run(self, log: bool = True, time_budget: float | None = None) -> dict[str, float]:
+        """Train until ``cfg.steps``; checkpoint every ``ckpt_every`` steps and at the end.
+
+        ``time_budget`` (seconds): ``cfg.steps`` becomes an upper bound; a fresh run times its first steps
+        (inside the warm-up) and shortens ``steps`` to end in time with its schedule complete
+        (train_config.json records it); any run checkpoints and stops once the budget is spent.
+        """
         writer = _summary_writer(self.run_dir / "tb") if log else None
+        budget = self._budget(time_budget)
         last: dict[str, float] = {}
         with progress_bar() as bar:
             task = bar.add_task("train", total=self.cfg.steps, completed=self.step, status="")
             while self.step < self.cfg.steps:
                 t0 = time.perf_counter()
-                last = self.train_step()
+                out = self.step_tensors()
+                if (
+                    budget is not None
+                    and (end := budget.resize(self.step)) is not None
+                    and end < self.cfg.steps
+                ):
+                    self._shorten(end)
+                    bar.update(task, total=end)
+                logged = self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps
+                if logged or not self.resident:
+                    last = self.numbers(out)
                 self.wall += time.perf_counter() - t0
-                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                if logged:
                     self._log(writer, last)
-                bar.update(
-                    task, completed=self.step, status=f"loss {last['loss']:.4f} psnr {last['psnr']:.1f}"
-                )
-                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+                status = f"loss {last['loss']:.4f} psnr {last['psnr']:.1f}" if last else ""
+                bar.update(task, completed=self.step, status=status)
+                stop = budget is not None and budget.over()
+                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or stop:
                     self.save()
+                if stop:
+                    break
         if writer is not None:
             writer.close()
         return last
+
+    def _budget(self, seconds: float | None) -> TimeBudget | None:
+        if not seconds:
+            return None
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        budget = TimeBudget(
+            seconds, self.step, min(20, self.cfg.warmup) if self.cfg.warmup >= 2 else 20, sync
+        )
+        budget.done = self.step > 0  # a resumed run keeps the length it was given
+        return budget
+
+    def _shorten(self, end: int) -> None:
+        """The run now ends at step ``end``: the schedule's length and train_config.json follow."""
+        print(f"time budget: the run ends at step {end} instead of {self.cfg.steps}", file=sys.stderr)
+        self.cfg = dataclasses.replace(self.cfg, steps=end)
+        path = self.run_dir / "train_config.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            saved["train"]["steps"] = end
+            write_json(path, saved)
 
     def _log(self, writer, metrics: dict[str, float]) -> None:
         row = {"step": self.step, "wall": round(self.wall, 2), **{k: round(v, 6) for k, v in metrics.items()}}
@@ -368,7 +444,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def check_run_config(
-    run_dir: Path, cfg: TrainConfig, model_config: ReconstructorConfig, preset: str = "lrm-small"
+    run_dir: Path, cfg: ReconTrainConfig, model_config: ReconstructorConfig, preset: str = "lrm-small"
 ) -> None:
     """Write the run's configs, or (on resume) check they match the saved ones except ``steps``."""
     path = Path(run_dir) / "train_config.json"
@@ -380,7 +456,7 @@ def check_run_config(
             return json.loads(json.dumps(train)) | {"steps": None, "ckpt_every": None, "log_every": None}
 
         # a field added since the run started takes its default (what the run did before it existed)
-        a = comparable(dataclasses.asdict(TrainConfig()) | old["train"])
+        a = comparable(dataclasses.asdict(ReconTrainConfig()) | old["train"])
         b = comparable(new["train"])
         if a != b or old["model"] != json.loads(json.dumps(new["model"])):
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) or ["model"]

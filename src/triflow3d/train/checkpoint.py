@@ -33,7 +33,6 @@ from torch import nn
 from triflow3d.conventions import CONVENTIONS_VERSION
 from triflow3d.errors import CheckpointError, ConfigError
 from triflow3d.latents.normalizer import LatentNormalizer
-from triflow3d.models.text_encoder import TextEmbedding
 from triflow3d.models.triflow import TriFlow, TriFlowParams
 from triflow3d.utils.io import atomic_path, write_json
 
@@ -137,18 +136,13 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str) -> 
 
 @dataclass
 class LoadedModel:
-    """What inference needs: the velocity model, the latent normaliser, the text centre, config.json."""
+    """What inference needs: the velocity model, the latent normaliser, the text centre (applied with
+    ``TextEmbedding.centred``), config.json."""
 
     model: TriFlow
     normalizer: LatentNormalizer
     text_center: torch.Tensor | None
     config: dict[str, Any]
-
-    def condition(self, emb: TextEmbedding) -> TextEmbedding:
-        """The text condition the model was trained on: pooled - text_center when the run centred it."""
-        if self.text_center is None:
-            return emb
-        return TextEmbedding(emb.tokens, emb.mask, emb.pooled - self.text_center.to(emb.pooled))
 
 
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--init", help="fine-tune from this checkpoint (or run folder): weights only")
     parser.add_argument("--resume", help="continue this run folder (or checkpoint) exactly, with its config")
+    parser.add_argument(
+        "--time-budget", type=float, help="seconds: shorten --steps so the run ends in time (Trainer.fit)"
+    )
     hints = typing.get_type_hints(TrainConfig)
     group = parser.add_argument_group("TrainConfig fields (override the preset)")
     for f in dataclasses.fields(TrainConfig):
@@ -83,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s"
     )
     cfg = config_from_args(args)
-    stats = train(cfg, init=args.init, resume=args.resume)
+    stats = train(cfg, init=args.init, resume=args.resume, time_budget=args.time_budget)
     if rank == 0:
         loss = stats.get("loss", float("nan"))
-        print(f"trained to step {cfg.steps}: loss {loss:.4f}; checkpoints in {cfg.out}/checkpoints")
+        print(f"trained: loss {loss:.4f}; checkpoints in {cfg.out}/checkpoints")
     return 0
 
 

@@ -17,6 +17,8 @@ from triflow3d.latents.normalizer import MODES as NORMALIZER_MODES
 from triflow3d.perceptual import BACKENDS as PERCEPTUAL_BACKENDS
 
 LR_SCHEDULES = ("constant", "cosine")
+LOOPS = ("auto", "loader", "resident")
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -51,6 +53,9 @@ class TrainConfig:
     lr: float = _f(1e-4, "peak learning rate (AdamW)")
     min_lr: float = _f(0.0, "final learning rate of the cosine schedule")
     lr_schedule: str = _f("constant", f"after warm-up: {' | '.join(LR_SCHEDULES)}")
+    lr_reference_batch: int = _f(
+        0, "0: lr / min_lr as given; N: they were tuned at global batch N and scale by sqrt(batch_size / N)"
+    )
     warmup_steps: int = _f(0, "linear warm-up steps")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.999, "AdamW beta2")
@@ -84,12 +89,29 @@ class TrainConfig:
     sample_prompts: tuple[str, ...] = _f(("a red chair", "a blue car"), "prompts for the sample renders")
     sync_check_every: int = _f(0, "DDP: steps between checks that all ranks hold equal weights (0: off)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)")
+    # --- execution (how a step runs; what it computes is set above) ------------------------------
+    loop: str = _f(
+        "auto",
+        "loader: DataLoader batches, per-sample CPU draws (the CPU results); resident: latents, text table and "
+        "draws on the device, no per-step host sync; auto: resident on CUDA when the latents fit and there "
+        "is no perceptual term, else loader",
+    )
+    compile: str = _f(
+        "auto",
+        f"torch.compile of the model in the resident loop: {' | '.join(COMPILE_MODES)} (auto: default on "
+        "CUDA, off on the CPU; reduce-overhead adds CUDA graphs); eager if compiling fails",
+    )
+    tf32: bool = _f(True, "CUDA only: fp32 matrix products and convolutions in TF32 (resident loop)")
 
     def __post_init__(self) -> None:
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("t_distribution", self.t_distribution, T_DISTRIBUTIONS)
         _check_choice("perceptual", self.perceptual, PERCEPTUAL_BACKENDS)
         _check_choice("normalizer_mode", self.normalizer_mode, NORMALIZER_MODES)
+        _check_choice("loop", self.loop, LOOPS)
+        _check_choice("compile", self.compile, COMPILE_MODES)
+        if self.lr_reference_batch < 0:
+            raise ConfigError(f"lr_reference_batch must be >= 0, got {self.lr_reference_batch}")
         for name in ("steps", "batch_size", "grad_accum", "perceptual_views", "max_nan_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")

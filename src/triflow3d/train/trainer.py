@@ -14,420 +14,95 @@ One step, in order (``Trainer.train_step``):
 6. loss = mean over the global batch (gradient accumulation and DDP average to exactly that);
 7. non-finite loss or gradient norm: the step is skipped and logged, and training stops after
    ``max_nan_steps`` in a row; else clip, AdamW with the schedule ``lr_at(step)``, EMA update.
+
+That is the ``loader`` loop (DataLoader batches, per-sample draws on the CPU), the one the CPU runs. The
+``resident`` loop (``Trainer.resident_step``, chosen by ``loop=auto`` on CUDA) computes the same loss
+from data held on the device (``train.resident``) with one generator per step on the device
+(``draws.draw_on_device``), decides the skip of a non-finite step on the device (fused AdamW's
+``found_inf``, a masked EMA update) and reads numbers back only every ``log_every`` steps; the model
+forward may run through ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import logging
 import math
-import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from functools import lru_cache
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from triflow3d import cameras as cam
 from triflow3d.conventions import CONVENTIONS_VERSION
 from triflow3d.data.latents import LatentDataset
-from triflow3d.data.views import composite_white, load_rgba, read_cameras
 from triflow3d.errors import ConfigError, TriflowError
-from triflow3d.flow.path import (
-    interpolate,
-    loss_by_t_bin,
-    rf_loss,
-    sample_t,
-    velocity_target,
-    x0_from_velocity,
-)
+from triflow3d.flow.path import interpolate, loss_by_t_bin, rf_loss, velocity_target
 from triflow3d.latents.normalizer import LatentNormalizer
-from triflow3d.latents.stats import LatentStats, compute_stats
-from triflow3d.models.text_encoder import CachedTextEncoder, TextEmbedding, TextEncoder, make_text_encoder
-from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
+from triflow3d.models.text_encoder import TextEmbedding, TextEncoder
+from triflow3d.models.text_table import TextTableEncoder
 from triflow3d.models.triflow import TriFlow, TriFlowParams
 from triflow3d.train import checkpoint as ck
+from triflow3d.train.batches import BatchPlan, RankBatches, collate
+from triflow3d.train.build import build_normalizer, check_batch, model_params, open_run_latents
 from triflow3d.train.config import TrainConfig
-from triflow3d.triplane.volume import RenderOptions, render_rays
-from triflow3d.utils.io import append_jsonl, write_json
+from triflow3d.train.distributed import (
+    DistInfo,
+    barrier,
+    setup_distributed,
+    shutdown,
+    sum_across,
+    weights_spread,
+)
+from triflow3d.train.draws import draw, draw_on_device
+from triflow3d.train.optim import ema_decay_at, lr_at, param_groups, update_ema, update_ema_unless
+from triflow3d.train.render_loss import RenderLoss, load_render_field
+from triflow3d.train.resident import IndexFeed, ResidentLatents, fits
+from triflow3d.train.runlog import RunLogger
+from triflow3d.train.samples import sample_images
+from triflow3d.train.text import TextTable, build_text_encoder
+from triflow3d.utils.budget import TimeBudget
+from triflow3d.utils.io import write_json
 from triflow3d.utils.progress import progress_bar
 
 logger = logging.getLogger("triflow3d.train")
-STATS_FILE = "stats.safetensors"
-STATS_SAMPLE = 2048  # triplanes read to compute the normaliser when no stats file exists
 
 
 class TrainingDivergedError(TriflowError):
     """Too many non-finite steps in a row."""
 
 
-# --- distributed ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world: int
-    device: torch.device
+def choose_loop(cfg: TrainConfig, device: torch.device, dataset: LatentDataset) -> str:
+    """``cfg.loop``, with ``auto`` resolved: resident on CUDA for the flow loss when the data fit."""
+    if cfg.loop == "resident" and cfg.perceptual != "none":
+        raise ConfigError("the resident loop trains the flow loss only; use --loop loader with --perceptual")
+    if cfg.loop != "auto":
+        return cfg.loop
+    if device.type != "cuda" or cfg.perceptual != "none":
+        return "loader"
+    return "resident" if fits(dataset, device) else "loader"
+
+
+def compile_mode(cfg: TrainConfig, device: torch.device) -> str | None:
+    """The torch.compile mode of the resident loop's model, or None (eager)."""
+    mode = cfg.compile
+    if mode == "auto":
+        mode = "default" if device.type == "cuda" else "off"
+    return None if mode == "off" else mode
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
-
-def setup_distributed(device: str = "auto") -> DistInfo:
-    """Join torchrun's process group when WORLD_SIZE > 1 (nccl on GPU, gloo on CPU); pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda":
-        device = f"cuda:{local}"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, dev)
-
-
-def _sum_across(x: Tensor, info: DistInfo) -> Tensor:
-    if info.world > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world > 1:
-        dist.barrier()
-
-
-# --- data order ----------------------------------------------------------------------------------------
-def category(row: dict) -> str:
-    return str((row.get("attributes") or {}).get("category", ""))
-
-
-class BatchPlan:
-    """The global batch of every step as a pure function of (seed, step).
-
-    Uniform: one seeded permutation per epoch, read in order (sample p of the run is perm_{p // n}[p % n]).
-    Balanced: each step draws ``batch_size`` objects with replacement, p(object) = 1 / (K * n_category).
-    """
-
-    def __init__(self, rows: list[dict], batch_size: int, seed: int, balanced: bool):
-        self.n, self.batch_size, self.seed, self.balanced = len(rows), batch_size, seed, balanced
-        cats = [category(r) for r in rows]
-        counts = {c: cats.count(c) for c in set(cats)}
-        self.weights = torch.tensor([1.0 / (len(counts) * counts[c]) for c in cats], dtype=torch.float64)
-
-    @lru_cache(maxsize=4)  # noqa: B019 - a handful of epochs, freed with the plan
-    def _perm(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(_mix(self.seed, epoch, -1))
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def global_batch(self, step: int) -> list[int]:
-        if self.balanced:
-            g = torch.Generator().manual_seed(_mix(self.seed, step, -2))
-            return torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g).tolist()
-        start = step * self.batch_size
-        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + self.batch_size)]
-
-    def state(self, step: int) -> dict[str, Any]:
-        return {"kind": "balanced" if self.balanced else "epochs", "seed": self.seed, "n": self.n,
-                "samples_seen": step * self.batch_size, "epoch": step * self.batch_size // max(self.n, 1)}  # fmt: skip
-
-
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers (sha256, so nearby inputs give unrelated streams)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class RankBatches:
-    """A batch sampler: this rank's micro-batches (index lists) for steps ``start`` .. ``steps`` - 1."""
-
-    def __init__(self, plan: BatchPlan, start: int, steps: int, rank: int, world: int, accum: int):
-        self.plan, self.start, self.steps, self.rank, self.world, self.accum = (
-            plan,
-            start,
-            steps,
-            rank,
-            world,
-            accum,
-        )
-        self.micro = plan.batch_size // (world * accum)
-
-    def positions(self, micro_index: int) -> list[int]:
-        """Positions in the global batch of this rank's micro-batch ``micro_index``."""
-        first = (self.rank * self.accum + micro_index) * self.micro
-        return list(range(first, first + self.micro))
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start, self.steps):
-            batch = self.plan.global_batch(step)
-            for m in range(self.accum):
-                yield [batch[p] for p in self.positions(m)]
-
-    def __len__(self) -> int:
-        return (self.steps - self.start) * self.accum
-
-
-def collate(items: list[dict]) -> dict[str, Any]:
-    """Dataset items -> triplane (B, 3, C, R, R), weights (B, 3, R, R) or None, and lists of strings."""
-    weights = [it.get("weights") for it in items]
-    return {
-        "triplane": torch.stack([it["triplane"] for it in items]),
-        "weights": torch.stack(weights) if all(w is not None for w in weights) else None,
-        "caption": [it["caption"] for it in items],
-        "id": [it["id"] for it in items],
-        "views_dir": [it.get("views_dir", "") for it in items],
-    }
-
-
-# --- text ----------------------------------------------------------------------------------------------
-class TextTable:
-    """Every caption's embedding computed once (so steps never run the text encoder), optionally centred:
-    ``center`` is the mean pooled embedding of the training captions, subtracted from every pooled one."""
-
-    def __init__(self, encoder: TextEncoder, captions: list[str], center: bool, chunk: int = 64):
-        unique = sorted(set(captions) | {""})
-        self.rows: dict[str, tuple[Tensor, Tensor]] = {}
-        for i in range(0, len(unique), chunk):
-            part = unique[i : i + chunk]
-            emb = encoder(part).to("cpu", torch.float32)
-            for j, text in enumerate(part):
-                self.rows[text] = (emb.tokens[j][emb.mask[j]].clone(), emb.pooled[j].clone())
-        pooled = torch.stack([self.rows[c][1] for c in sorted(set(captions) - {""})] or [self.rows[""][1]])
-        self.center: Tensor | None = pooled.mean(0) if center else None
-
-    def __call__(self, captions: list[str], device: torch.device) -> TextEmbedding:
-        return self.centred(TextEmbedding.from_rows([self.rows[c] for c in captions])).to(device)
-
-    def centred(self, emb: TextEmbedding) -> TextEmbedding:
-        """pooled - center (a no-op without a centre); sampling must apply the same (``LoadedModel``)."""
-        if self.center is None:
-            return emb
-        return TextEmbedding(emb.tokens, emb.mask, emb.pooled - self.center.to(emb.pooled))
-
-
-def build_text_encoder(cfg: TrainConfig, dim: int | None = None) -> TextEncoder:
-    kwargs = {"dim": dim} if cfg.text_encoder == "fake" and dim else {}
-    encoder = make_text_encoder(cfg.text_encoder, cfg.text_encoder_path, **kwargs)
-    return CachedTextEncoder(encoder, cfg.text_cache) if cfg.text_cache else encoder
-
-
-# --- per-sample randomness -------------------------------------------------------------------------------
-@dataclass
-class Draws:
-    t: Tensor  # (B,)
-    eps: Tensor  # (B, 3, C, R, R)
-    drop: Tensor  # (B,) bool: caption replaced by ""
-    generators: list[torch.Generator]  # per sample, for the perceptual view / crop choice
-
-
-def draw(cfg: TrainConfig, step: int, positions: list[int], shape: tuple[int, ...]) -> Draws:
-    """t, CFG coin and eps of each sample from a generator seeded by (seed, step, global position)."""
-    gens = [torch.Generator().manual_seed(_mix(cfg.seed, step, p)) for p in positions]
-    t = torch.cat([sample_t(1, cfg.t_distribution, cfg.t_mean, cfg.t_std, generator=g) for g in gens])
-    drop = torch.cat([torch.rand(1, generator=g) < cfg.cfg_dropout for g in gens])
-    eps = torch.stack([torch.randn(shape, generator=g) for g in gens])
-    return Draws(t, eps, drop, gens)
-
-
-# --- schedule, EMA -------------------------------------------------------------------------------------
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then constant or cosine to ``min_lr`` (a pure function of the step)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """Warm-up of the EMA decay, min(decay, (1 + n) / (10 + n)), so short runs get a useful average."""
-    return min(decay, (1 + step) / (10 + step))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on tensors with ndim >= 2 only (nanoGPT): biases and norm gains are not decayed."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-# --- perceptual rendering loss ---------------------------------------------------------------------------
-class RenderLoss:
-    """Per-sample lambda(t) * perceptual(render(denormalize(x0_hat)), images) over K views of the object.
-
-    lambda(t) = perceptual_weight * (1 - t) * [t < perceptual_t_max]: x0_hat is meaningless at high noise
-    (research/paper.md s4). Only samples with lambda > 0 are rendered. Rendering runs in fp32 with the
-    deterministic sample placement; ``perceptual_crop`` renders a random crop to bound memory.
-    """
-
-    def __init__(self, cfg: TrainConfig, field: nn.Module, loss_fn: nn.Module, normalizer: LatentNormalizer):
-        self.cfg, self.field, self.loss_fn, self.normalizer = cfg, field, loss_fn, normalizer
-        coarse = max(2, cfg.perceptual_samples // 2)
-        self.opts = RenderOptions(samples_coarse=coarse, samples_importance=cfg.perceptual_samples - coarse)
-
-    def weight(self, t: Tensor) -> Tensor:
-        return self.cfg.perceptual_weight * (1 - t) * (t < self.cfg.perceptual_t_max).to(t.dtype)
-
-    def targets(self, views_dir: str, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """K random views of one object -> ray origins, dirs (K c c, 3) and images (K, 3, c, c)."""
-        obj = Path(views_dir)
-        if not views_dir or not (obj / "cameras.json").is_file():
-            raise ConfigError(
-                f"perceptual loss needs the object's views folder; {views_dir!r} has no cameras.json"
-            )
-        c2w, K, _, _ = read_cameras(obj)
-        s, c = self.cfg.perceptual_size, self.cfg.perceptual_crop or self.cfg.perceptual_size
-        pick = torch.randperm(c2w.shape[0], generator=g)[: self.cfg.perceptual_views].tolist()
-        o, d = cam.pixel_rays(c2w[pick], K[pick], s)  # (K, S S, 3)
-        imgs = [torch.from_numpy(load_rgba(obj / f"rgba_{i:03d}.png", s)).float() / 255.0 for i in pick]
-        img = composite_white(torch.stack(imgs))  # (K, 3, S, S)
-        i0, j0 = torch.randint(0, s - c + 1, (2,), generator=g).tolist()
-        crop = lambda x: x.reshape(len(pick), s, s, 3)[:, i0 : i0 + c, j0 : j0 + c].reshape(-1, 3)  # noqa: E731
-        return crop(o), crop(d), img[:, :, i0 : i0 + c, j0 : j0 + c]
-
-    def __call__(
-        self, x_t: Tensor, v_hat: Tensor, t: Tensor, views: list[str], gens: list[torch.Generator]
-    ) -> Tensor:
-        lam = self.weight(t.float())  # (B,)
-        out = torch.zeros_like(lam)
-        sel = [i for i in range(len(views)) if lam[i] > 0]
-        if not sel:
-            return out
-        with torch.autocast(x_t.device.type, enabled=False):  # fp32 island: renderer and perceptual net
-            x0_hat = x0_from_velocity(x_t[sel].float(), v_hat[sel].float(), t[sel].float())
-            planes = self.normalizer.denormalize(x0_hat)  # (b, 3, C, R, R) raw
-            rays = [self.targets(views[i], gens[i]) for i in sel]
-            dev = x_t.device
-            o, d = torch.stack([r[0] for r in rays]).to(dev), torch.stack([r[1] for r in rays]).to(dev)
-            rgb = render_rays(self.field, planes, o, d, self.opts, deterministic=True)["rgb"]  # (b, K c c, 3)
-            c = rays[0][2].shape[-1]
-            pred = rgb.reshape(len(sel), -1, c, c, 3).permute(0, 1, 4, 2, 3)  # (b, K, 3, c, c)
-            dist_ = torch.stack([self.loss_fn(pred[j], r[2].to(dev)) for j, r in enumerate(rays)])
-        return out.index_put((torch.tensor(sel, device=out.device),), lam[sel] * dist_)
-
-
-# --- logging ---------------------------------------------------------------------------------------------
-class RunLogger:
-    """Rank 0's sinks: metrics.jsonl (one row per logged step), TensorBoard under tb/, and train.log."""
-
-    def __init__(self, out: Path, enabled: bool):
-        self.out, self.enabled, self.tb = out, enabled, None
-        self.handler: logging.Handler | None = None
-
-    def open(self) -> None:
-        if not self.enabled or self.handler is not None:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.handler = logging.FileHandler(self.out / "train.log")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(self.handler)
-        logger.setLevel(logging.INFO)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.out / "tb"))
-        except ImportError:  # tensorboard is the [train] extra
-            logger.warning("tensorboard is not installed; logging to metrics.jsonl only")
-
-    def scalars(self, step: int, values: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        append_jsonl(self.out / "metrics.jsonl", [{"step": step, **values}])
-        if self.tb is not None:
-            for key, value in values.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self.tb.add_scalar(key, value, step)
-
-    def images(self, tag: str, images: Tensor, step: int) -> None:
-        if self.tb is not None:
-            self.tb.add_images(tag, images.clamp(0, 1).cpu(), step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.handler is not None:
-            logger.removeHandler(self.handler)
-            self.handler.close()
-        self.tb = self.handler = None
-
-
-# --- set-up helpers --------------------------------------------------------------------------------------
-def open_dataset(cfg: TrainConfig) -> LatentDataset:
-    if not cfg.latents:
-        raise ConfigError("no latents folder given (--latents)")
-    keep = None if cfg.category is None else (lambda row: category(row) == cfg.category)
-    ds = LatentDataset(cfg.latents, filter=keep)
-    if len(ds) == 0:
-        what = f" with category {cfg.category!r}" if cfg.category else ""
-        raise ConfigError(f"{cfg.latents}: no objects{what} to train on")
-    return ds
-
-
-def build_normalizer(cfg: TrainConfig, dataset: LatentDataset) -> LatentNormalizer:
-    """From --stats, else LATENTS/stats.safetensors, else statistics of up to STATS_SAMPLE triplanes."""
-    encoder_id = str(dataset.encoder.get("encoder", ""))
-    if cfg.normalizer_mode == "none":
-        return LatentNormalizer(dataset.triplane_shape[1], "none", None, encoder_id=encoder_id)
-    path = Path(cfg.stats) if cfg.stats else Path(cfg.latents) / STATS_FILE
-    if cfg.stats or path.is_file():
-        stats = LatentStats.from_safetensors(path)
-        if stats.encoder_id and stats.encoder_id != encoder_id:
-            raise ConfigError(f"{path}: stats of encoder {stats.encoder_id!r}, latents are {encoder_id!r}")
-    else:
-        n = min(len(dataset), STATS_SAMPLE)
-        logger.info("no %s: computing latent statistics over %d triplanes", path, n)
-        stats = compute_stats((dataset[i]["triplane"] for i in range(n)), encoder_id)
-    return LatentNormalizer.from_stats(stats, cfg.normalizer_mode, cfg.normalizer_clamp)
-
-
-def model_params(cfg: TrainConfig, triplane_shape: tuple[int, ...], text_dim: int) -> TriFlowParams:
-    """The preset with C, R and the text width taken from the data and the text encoder."""
-    if cfg.model not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model preset {cfg.model!r}; expected one of {sorted(MODEL_PRESETS)}")
-    _, c, r, _ = triplane_shape
-    return replace(MODEL_PRESETS[cfg.model], plane_channels=c, plane_res=r, text_dim=text_dim)
-
-
-def load_render_field(cfg: TrainConfig, encoder_id: str, device: torch.device) -> nn.Module:
-    """The frozen reconstructor's triplane field (decoder) that renders predicted triplanes."""
-    from triflow3d.encoders import load_reconstructor
-
-    recon = load_reconstructor(cfg.reconstructor or encoder_id, device=device)
-    return recon.synthesizer.float().eval().requires_grad_(False)
-
-
-def check_batch(cfg: TrainConfig, world: int) -> None:
-    if cfg.batch_size % (world * cfg.grad_accum):
-        raise ConfigError(
-            f"batch_size {cfg.batch_size} must be divisible by world size {world} x grad_accum {cfg.grad_accum}"
-        )
-
-
-# --- the trainer -----------------------------------------------------------------------------------------
 class Trainer:
     """Model, EMA, optimizer, data order and logs of one run; ``fit()`` is the loop.
 
     ``init``: start from a checkpoint's (EMA) weights, normaliser and text centre with a fresh optimizer
     (fine-tuning). ``resume``: continue a run exactly (weights, EMA, optimizer, step, RNG states).
-    ``dataset``, ``text_encoder`` and ``field`` (the frozen renderer) can be injected (tests, notebooks).
+    ``dataset``, ``text_encoder`` and ``field`` (the frozen renderer) can be injected (tests, notebooks);
+    ``params``: the architecture of a fresh run (default: the preset's, sized by the data and the text
+    encoder); a run from a checkpoint keeps the checkpoint's.
     """
 
     def __init__(
@@ -440,6 +115,7 @@ class Trainer:
         text_encoder: TextEncoder | None = None,
         field: nn.Module | None = None,
         dist_info: DistInfo | None = None,
+        params: TriFlowParams | None = None,
     ):
         if not cfg.out:
             raise ConfigError("no run folder given (--out)")
@@ -451,14 +127,17 @@ class Trainer:
         self.log = RunLogger(Path(cfg.out), self.info.main)
         self.perceptual_description = "no perceptual term"
         check_batch(cfg, self.info.world)
-        self.dataset = dataset if dataset is not None else open_dataset(cfg)
+        self.dataset = dataset if dataset is not None else open_run_latents(cfg)
         self.encoder = text_encoder or build_text_encoder(cfg)
         self.source = ck.resolve_checkpoint(resume or init) if (resume or init) else None
         self.source_config = self._check_source()
-        self._build_model(resume is not None)
+        self._build_model(resume is not None, params)
         self.text = self._build_text()
+        self.loop = choose_loop(cfg, self.device, self.dataset)
+        resident = self.loop == "resident"
+        fused = {"fused": True} if resident else {"foreach": True}  # fused: skips a step on the device
         self.opt = torch.optim.AdamW(
-            param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True
+            param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused
         )
         self.plan = BatchPlan(self.dataset.rows, cfg.batch_size, cfg.seed, cfg.balance_classes)
         self.step, self.nan_streak = 0, 0
@@ -470,6 +149,13 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.raw, device_ids=ids)
         self.field = field
         self.render_loss = self._build_render_loss()
+        self.resident = (
+            ResidentLatents(self.dataset, self.text, self.device, cfg.spatial_weights) if resident else None
+        )
+        self.forward: Callable[..., Tensor] = self.model
+        self._compile_pending = False
+        if resident:
+            self._prepare_resident()
         self._clock = (time.perf_counter(), self.step)
 
     # --- set-up --------------------------------------------------------------------------------------
@@ -486,11 +172,11 @@ class Trainer:
             )
         return conf
 
-    def _build_model(self, resume: bool) -> None:
+    def _build_model(self, resume: bool, params: TriFlowParams | None) -> None:
         cfg = self.cfg
         if self.source is not None:
             params = TriFlowParams(**self.source_config["triflow_params"])
-        else:
+        elif params is None:
             params = model_params(cfg, self.dataset.triplane_shape, self.encoder.dim)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.raw = TriFlow(params).to(self.device)
@@ -512,10 +198,10 @@ class Trainer:
         """Embed every caption once; with a text cache, rank 0 fills it before the others read it."""
         captions = [str(r.get("caption") or "") for r in self.dataset.rows]
         if self.cfg.text_cache and not self.info.main:
-            _barrier(self.info)
+            barrier(self.info)
         table = TextTable(self.encoder, captions, self.cfg.center_text)
         if self.cfg.text_cache and self.info.main:
-            _barrier(self.info)
+            barrier(self.info)
         if self.source is not None:  # the model was trained in the source's text space
             table.center = ck.read_weights(self.source)["text"].get("center")
         return table
@@ -540,6 +226,22 @@ class Trainer:
         self.step, self.nan_streak = int(info["step"]), int(info["nan_streak"])
         logger.info("resumed %s at step %d (saved by %d ranks)", self.source, self.step, info["world_size"])
 
+    def _prepare_resident(self) -> None:
+        """The resident loop's device state: generator, skip counters, TF32, the compiled forward."""
+        cfg, dev = self.cfg, self.device
+        self.gen = torch.Generator(dev)
+        self.streak = torch.tensor(float(self.nan_streak), device=dev)  # non-finite steps in a row
+        self.skipped = torch.zeros((), device=dev)  # skipped steps since the last log
+        if dev.type == "cuda" and cfg.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        mode = compile_mode(cfg, dev)
+        if mode is not None:
+            self.forward = torch.compile(self.model, mode=None if mode == "default" else mode, dynamic=False)
+            self._compile_pending = True
+        mib = self.resident.triplanes.numel() * self.resident.triplanes.element_size() / 2**20
+        logger.info("resident loop: %d objects (%.0f MiB) on %s, torch.compile %s", len(self.dataset), mib, dev,
+                    mode or "off")  # fmt: skip
+
     # --- one step --------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast for the model forward when ``cfg.bf16`` (CPU and CUDA), else a no-op."""
@@ -557,30 +259,40 @@ class Trainer:
             weight.to(dev)[:, :, None] if cfg.spatial_weights and weight is not None else None
         )  # (b, 3, 1, R, R)
         t, eps = d.t.to(dev), d.eps.to(dev)
-        x_t, v = interpolate(x0, eps, t), velocity_target(x0, eps)
-        with self.autocast():
-            v_hat = self.model(x_t, t, **text.as_kwargs())
-        flow = rf_loss(v_hat, v, weight, reduction="none")  # (b,) fp32
+        flow, v_hat, x_t = self.flow_loss(x0, eps, t, text, weight)
         perc = torch.zeros_like(flow)
         if self.render_loss is not None:
             perc = self.render_loss(x_t, v_hat, t, batch["views_dir"], d.generators)
         loss = (flow + perc).mean()
         return loss, {"positions": positions, "flow": flow.detach(), "perceptual": perc.detach(), "t": t}
 
+    def flow_loss(
+        self, x0: Tensor, eps: Tensor, t: Tensor, text: TextEmbedding, weight: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample rectified-flow loss (b,) fp32, the predicted velocity and x_t."""
+        x_t, v = interpolate(x0, eps, t), velocity_target(x0, eps)
+        with self.autocast():
+            v_hat = self.forward(x_t, t, **text.as_kwargs())
+        return rf_loss(v_hat, v, weight, reduction="none"), v_hat, x_t
+
     def _gather(self, parts: list[dict[str, Any]]) -> Tensor:
         """Per-sample (flow, perceptual, t) of the whole global batch on every rank -> (3, B) float64."""
         vec = torch.zeros(3, self.cfg.batch_size, dtype=torch.float64, device=self.device)
         for p in parts:
-            idx = torch.tensor(p["positions"], device=self.device)
+            idx = torch.as_tensor(p["positions"], device=self.device)
             vec[:, idx] = torch.stack([p["flow"], p["perceptual"], p["t"].float()]).double()
-        return _sum_across(vec, self.info)
+        return sum_across(vec, self.info)
+
+    def _set_lr(self) -> float:
+        lr = lr_at(self.step, self.cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, Any]:
         """Accumulate, all-reduce, skip if non-finite, clip, AdamW, EMA. Returns the step's statistics."""
         cfg = self.cfg
-        lr = lr_at(self.step, cfg)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        lr = self._set_lr()
         parts = []
         for m, batch in enumerate(micro_batches):
             last = m == len(micro_batches) - 1
@@ -611,36 +323,157 @@ class Trainer:
         logger.warning("step %d: non-finite loss %s / grad norm %s; step skipped (%d in a row)",
                        self.step, stats["loss"], stats["grad_norm"], self.nan_streak)  # fmt: skip
         self.log.scalars(self.step, stats)
+        self._check_streak()
+        return stats
+
+    def _check_streak(self) -> None:
         if self.nan_streak >= self.cfg.max_nan_steps:
             raise TrainingDivergedError(
                 f"{self.nan_streak} non-finite steps in a row (max_nan_steps={self.cfg.max_nan_steps}) at step "
                 f"{self.step}; see {Path(self.cfg.out) / 'metrics.jsonl'}"
             )
+
+    # --- one step of the resident loop ---------------------------------------------------------------
+    def resident_step(self) -> dict[str, Any]:
+        """One step from the device-resident data, with no host synchronisation: the skip of a non-finite
+        step is fused AdamW's ``found_inf`` and a masked EMA update. Returns device tensors; numbers are
+        read by ``resident_stats`` only on logging steps."""
+        cfg, data = self.cfg, self.resident
+        lr = self._set_lr()
+        idx = self.feed(self.step)  # (accum, micro)
+        shape = tuple(data.triplanes.shape[1:])
+        t, drop, eps = draw_on_device(cfg, self.step, cfg.batch_size, shape, self.gen)  # global batch
+        parts = []
+        for m in range(cfg.grad_accum):
+            last = m == cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last or self.info.world == 1 else self.model.no_sync()
+            pos = self.batches.positions(m)
+            sl = slice(pos[0], pos[-1] + 1)
+            batch = data.gather(idx[m], drop[sl])
+            x0 = self.normalizer.normalize(batch.triplane)  # (b, 3, C, R, R)
+            with sync:
+                flow, _, _ = self.flow_loss(x0, eps[sl], t[sl], batch.text, batch.weights)
+                (flow.mean() / cfg.grad_accum).backward()
+            parts.append({"positions": pos, "flow": flow.detach(), "perceptual": torch.zeros_like(flow),
+                          "t": t[sl]})  # fmt: skip
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm, foreach=True)
+        finite = torch.isfinite(grad_norm)  # the same on every rank (DDP averaged the gradients)
+        if self.info.world == 1:
+            finite &= torch.isfinite(sum(p["flow"].sum() for p in parts))
+        skip = (~finite).float()
+        self.opt.found_inf = skip  # fused AdamW leaves parameters and moments as they are when set
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        update_ema_unless(self.ema, self.raw, ema_decay_at(self.step, cfg.ema_decay), skip)
+        self.streak = (self.streak + skip) * skip
+        self.skipped += skip
+        return {"parts": parts, "grad_norm": grad_norm, "lr": lr}
+
+    def resident_stats(self, out: dict[str, Any]) -> dict[str, Any]:
+        """The logged numbers of a resident step (one host synchronisation); raises after too many
+        non-finite steps in a row."""
+        per = self._gather(out["parts"])  # (3, B)
+        skipped, self.nan_streak = int(self.skipped), int(self.streak)
+        self.skipped.zero_()
+        stats = {"loss": float((per[0] + per[1]).mean()), "flow_loss": float(per[0].mean()),
+                 "perceptual_loss": float(per[1].mean()), "lr": out["lr"], "grad_norm": float(out["grad_norm"]),
+                 "skipped": skipped, "nan_streak": self.nan_streak, **loss_by_t_bin(per[0], per[2])}  # fmt: skip
+        if skipped:
+            logger.warning("steps up to %d: %d non-finite steps skipped (%d in a row now)", self.step, skipped,
+                           self.nan_streak)  # fmt: skip
+        self._check_streak()
         return stats
 
+    def _run_resident_step(self) -> dict[str, Any]:
+        """``resident_step``; if the compiled forward fails on its first use, train eagerly instead."""
+        if not self._compile_pending:
+            return self.resident_step()
+        try:
+            out = self.resident_step()
+        except Exception as e:  # noqa: BLE001 - any compiler failure: the eager model computes the same
+            logger.warning("torch.compile failed (%s: %s); training eagerly", type(e).__name__, str(e)[:300])
+            self.opt.zero_grad(set_to_none=True)
+            self.forward = self.model
+            out = self.resident_step()
+        self._compile_pending = False
+        return out
+
     # --- the loop --------------------------------------------------------------------------------------
-    def fit(self, until: int | None = None) -> dict[str, Any]:
-        """Train from the current step to ``until`` (default ``cfg.steps``), then save a checkpoint."""
+    def fit(self, until: int | None = None, time_budget: float | None = None) -> dict[str, Any]:
+        """Train from the current step to ``until`` (default ``cfg.steps``), then save a checkpoint.
+
+        ``time_budget`` (seconds): ``cfg.steps`` becomes an upper bound. A fresh run times its first steps
+        (within the warm-up, where the schedule does not depend on the length) and then shortens
+        ``steps`` so that it ends in time with its schedule complete (config.json records the result); any
+        run stops and checkpoints once the budget is spent (resume it to finish).
+        """
         cfg = self.cfg
         end = cfg.steps if until is None else min(until, cfg.steps)
         self.log.open()
         self.write_run_files()
-        logger.info("training steps %d..%d on %d rank(s); perceptual loss: %s", self.step, end, self.info.world,
-                    self.perceptual_description)  # fmt: skip
+        budget = self._budget(time_budget)
+        logger.info("training steps %d..%d on %d rank(s), %s loop; perceptual loss: %s", self.step, end,
+                    self.info.world, self.loop, self.perceptual_description)  # fmt: skip
         stats: dict[str, Any] = {}
         self.raw.train()
         try:
             with progress_bar(disable=None if self.info.main else True) as bar:
                 task = bar.add_task("train", total=cfg.steps, completed=self.step, status="")
-                for micro in self.step_batches(end):
-                    stats = self.train_step(micro)
+                for run_step in self.step_calls(end):
+                    out = run_step()
                     self.step += 1
-                    self.after_step(stats, end)
-                    bar.update(task, completed=self.step, status=f"loss {stats['loss']:.4f}")
+                    if (
+                        budget is not None
+                        and (fitted := budget.resize(self.step)) is not None
+                        and fitted < end
+                    ):
+                        end = self._shorten(fitted)
+                        bar.update(task, total=end)
+                    logged = self.resident is None or self.step % cfg.log_every == 0 or self.step == end
+                    if logged:
+                        stats = out if self.resident is None else self.resident_stats(out)
+                        bar.update(task, status=f"loss {stats['loss']:.4f}")
+                    self.after_step(
+                        stats, end, log=logged and not (self.resident is None and stats["skipped"])
+                    )
+                    bar.update(task, completed=self.step)
+                    if self.step >= end or (budget is not None and budget.over()):
+                        break
             self.save()
         finally:
             self.log.close()
         return stats
+
+    def _budget(self, seconds: float | None) -> TimeBudget | None:
+        if not seconds:
+            return None
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        probe = min(20, self.cfg.warmup_steps) if self.cfg.warmup_steps >= 2 else 20
+        budget = TimeBudget(seconds, self.step, probe, sync)
+        budget.done = self.step > 0  # a resumed run keeps the length it was given
+        return budget
+
+    def _shorten(self, end: int) -> int:
+        """The run now ends at step ``end``: the schedule's length and config.json follow."""
+        logger.info("time budget: the run ends at step %d instead of %d", end, self.cfg.steps)
+        self.cfg = self.cfg.replace(steps=end)
+        self.write_run_files()
+        return end
+
+    def step_calls(self, end: int) -> Iterator[Callable[[], dict[str, Any]]]:
+        """One call per step from the current one to ``end``, each running that step (the caller advances
+        ``self.step``): ``train_step`` on the loader's micro-batches, or the resident step."""
+        if self.resident is None:
+            for micro in self.step_batches(end):
+                yield lambda micro=micro: self.train_step(micro)
+            return
+        self.batches = RankBatches(
+            self.plan, self.step, end, self.info.rank, self.info.world, self.cfg.grad_accum
+        )
+        self.feed = IndexFeed(self.batches, self.device)
+        for _ in range(self.step, end):
+            yield self._run_resident_step
 
     def step_batches(self, end: int) -> Iterator[list[dict[str, Any]]]:
         """This rank's ``grad_accum`` micro-batches of each step from the current one to ``end``."""
@@ -653,10 +486,10 @@ class Trainer:
         for _ in range(self.step, end):
             yield [next(micro) for _ in range(cfg.grad_accum)]
 
-    def after_step(self, stats: dict[str, Any], end: int) -> None:
+    def after_step(self, stats: dict[str, Any], end: int, log: bool = True) -> None:
         """Periodic logging, sync checks, sample renders and checkpoints (the step counter is already +1)."""
         cfg, step = self.cfg, self.step
-        if step % cfg.log_every == 0 and not stats["skipped"]:
+        if step % cfg.log_every == 0 and log:
             now = time.perf_counter()
             t0, s0 = self._clock
             stats["samples_per_s"] = (step - s0) * cfg.batch_size / max(now - t0, 1e-9)
@@ -672,38 +505,15 @@ class Trainer:
     def sync_diff(self) -> float:
         """Largest difference between ranks of (sum, sum of squares) of the weights (0 when in sync)."""
         flat = torch.cat([p.detach().double().flatten() for p in self.raw.parameters()])
-        v = torch.stack([flat.sum(), flat.square().sum()])
-        if self.info.world == 1:
-            return 0.0
-        hi, lo = v.clone(), v.clone()
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-        return float((hi - lo).abs().max())
+        return weights_spread(torch.stack([flat.sum(), flat.square().sum()]), self.info)
 
-    @torch.no_grad()
-    def log_samples(self, size: int = 64, steps: int = 20, cfg_scale: float = 4.0) -> None:
+    def log_samples(self) -> None:
         """EMA samples of ``sample_prompts`` -> one rendered view each (or plane-0 channels) to TensorBoard."""
-        from triflow3d.flow.sampling import denoise, get_noise, get_schedule
-
-        prompts = list(self.cfg.sample_prompts)
-        cond = self.text.centred(self.encoder(prompts).to("cpu", torch.float32)).to(self.device)
-        uncond = self.text([""] * len(prompts), self.device)
-        x = get_noise(range(len(prompts)), self.dataset.triplane_shape, self.device)
-        with self.autocast():
-            x0 = denoise(self.ema, x, get_schedule(steps), cfg_scale, cond.as_kwargs(), uncond.as_kwargs())
-        raw = self.normalizer.denormalize(x0.float())  # (n, 3, C, R, R)
-        if self.field is None:
-            img = raw[:, 0, :3]
-            lo, hi = img.amin((1, 2, 3), keepdim=True), img.amax((1, 2, 3), keepdim=True)
-            self.log.images("samples/plane0", (img - lo) / (hi - lo).clamp_min(1e-8), self.step)
-            return
-        rig = cam.zero123pp_rig()
-        o, d = cam.pixel_rays(rig.c2w[:1].to(self.device), rig.intrinsics[:1].to(self.device), size)
-        n = len(prompts)
-        opts = self.render_loss.opts if self.render_loss is not None else RenderOptions(32, 32)
-        rgb = render_rays(self.field, raw, o.expand(n, -1, -1), d.expand(n, -1, -1), opts, deterministic=True)
-        rgb = rgb["rgb"]  # (n, S S, 3)
-        self.log.images("samples/render", rgb.reshape(n, size, size, 3).permute(0, 3, 1, 2), self.step)
+        opts = self.render_loss.opts if self.render_loss is not None else None
+        tag, images = sample_images(self.ema, self.encoder, self.text, self.normalizer, self.field,
+                                    list(self.cfg.sample_prompts), self.dataset.triplane_shape, self.autocast(),
+                                    opts)  # fmt: skip
+        self.log.images(tag, images, self.step)
 
     # --- files -----------------------------------------------------------------------------------------
     def checkpoint_config(self) -> dict[str, Any]:
@@ -718,7 +528,7 @@ class Trainer:
                 "name": self.encoder.name,
                 "kind": self.cfg.text_encoder,
                 "dim": self.encoder.dim,
-                "path": self.cfg.text_encoder_path,
+                "path": None if isinstance(self.encoder, TextTableEncoder) else self.cfg.text_encoder_path,
                 "centered": self.text.center is not None,
             },  # fmt: skip
             "normalizer": self.normalizer.config(),
@@ -736,8 +546,11 @@ class Trainer:
         seeded by (seed, step, position), so rank 0's global RNG states are all a resume needs."""
         opt_t, opt_info = ck.optimizer_state(self.opt)
         rng_t, rng_info = ck.rng_state()
+        if self.resident is not None:
+            self.nan_streak = int(self.streak)
         info = {"step": self.step, "nan_streak": self.nan_streak, "world_size": self.info.world,
-                "sampler": self.plan.state(self.step), "optimizer": opt_info, "rng": rng_info}  # fmt: skip
+                "sampler": self.plan.state(self.step), "optimizer": opt_info, "rng": rng_info,
+                "loop": self.loop}  # fmt: skip
         return opt_t | rng_t, info
 
     def save(self) -> Path:
@@ -748,7 +561,7 @@ class Trainer:
                                self.text.center, self.train_state())  # fmt: skip
             ck.mark_latest(self.cfg.out, path, self.step, self.cfg.keep_checkpoints)
             logger.info("step %d: checkpoint %s", self.step, path)
-        _barrier(self.info)
+        barrier(self.info)
         return path
 
     def write_run_files(self) -> None:
@@ -779,11 +592,12 @@ def resume_config(path: str | Path, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict(saved).replace(**overrides)
 
 
-def train(cfg: TrainConfig, init: str | None = None, resume: str | None = None) -> dict[str, Any]:
-    """Build a Trainer and run it to ``cfg.steps``; returns the last step's statistics."""
+def train(
+    cfg: TrainConfig, init: str | None = None, resume: str | None = None, time_budget: float | None = None
+) -> dict[str, Any]:
+    """Build a Trainer and run it to ``cfg.steps`` (or its ``time_budget``); returns the last statistics."""
     trainer = Trainer(cfg, init=init, resume=resume)
     try:
-        return trainer.fit()
+        return trainer.fit(time_budget=time_budget)
     finally:
-        if trainer.info.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown(trainer.info)

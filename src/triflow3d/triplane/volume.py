@@ -91,11 +91,17 @@ def ray_box_bounds(origins: torch.Tensor, dirs: torch.Tensor, box: tuple[float, 
 
 
 def fix_invalid_rays(start: torch.Tensor, end: torch.Tensor, valid: torch.Tensor):
-    """Call-wide upstream quirk: missed rays get [min(valid starts), max(valid starts)]."""
-    if not bool(valid.any()):
-        return start, end
-    lo, hi = start[valid].min(), start[valid].max()
-    return torch.where(valid, start, lo), torch.where(valid, end, hi)
+    """Call-wide upstream quirk: missed rays get [min(valid starts), max(valid starts)] (unchanged when
+    no ray is valid). Decided on the tensors' device, with no host synchronisation."""
+    lo = torch.where(valid, start, torch.full_like(start, torch.inf)).amin()
+    hi = torch.where(valid, start, torch.full_like(start, -torch.inf)).amax()
+    keep = valid | ~valid.any()
+    return torch.where(keep, start, lo), torch.where(keep, end, hi)
+
+
+def _draw_device(generator: torch.Generator | None) -> torch.device | None:
+    """Random numbers are drawn where the generator lives (the CPU without one), then moved."""
+    return None if generator is None else generator.device
 
 
 def stratified_depths(start, end, n: int, deterministic: bool, generator=None) -> torch.Tensor:
@@ -106,7 +112,10 @@ def stratified_depths(start, end, n: int, deterministic: bool, generator=None) -
     if deterministic:
         jitter = torch.full_like(depths, 0.5)
     else:
-        jitter = torch.rand(depths.shape, generator=generator, dtype=depths.dtype).to(depths.device)
+        jitter = torch.rand(
+            depths.shape, generator=generator, dtype=depths.dtype, device=_draw_device(generator)
+        )
+        jitter = jitter.to(depths.device)
     return depths + jitter * delta
 
 
@@ -125,7 +134,9 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, deterministic:
     if deterministic:
         u = torch.linspace(0, 1, n, device=bins.device, dtype=bins.dtype).expand(rays, n).contiguous()
     else:
-        u = torch.rand(rays, n, generator=generator, dtype=bins.dtype).to(bins.device)
+        u = torch.rand(rays, n, generator=generator, dtype=bins.dtype, device=_draw_device(generator)).to(
+            bins.device
+        )
     inds = torch.searchsorted(cdf, u, right=True)
     idx = torch.stack([(inds - 1).clamp(min=0), inds.clamp(max=nw)], -1).view(rays, 2 * n)
     cdf_g = torch.gather(cdf, 1, idx).view(rays, n, 2)

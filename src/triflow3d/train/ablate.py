@@ -1,4 +1,5 @@
-"""``triflow3d ablate``: matched small-scale trainings of design variants, each evaluated and tabled.
+"""Ablations: matched small-scale trainings of design variants, each evaluated and tabled
+(``triflow3d ablate``, wired to the evaluation in ``triflow3d.ablate_cli``).
 
 Every variant trains on the same encoded latents from the same preset, steps, seed and batch plan (so the
 same data order), differing only in its ``train`` overrides (e.g. ``normalizer_mode``: the trainer builds
@@ -11,17 +12,15 @@ spec; an interrupted one resumes from its last checkpoint. See docs/ablations.md
 
 from __future__ import annotations
 
-import argparse
-import copy
 import dataclasses
 import json
 import math
 import os
 import resource
-import shlex
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,11 @@ from typing import Any
 import torch
 
 from triflow3d.errors import ConfigError
-from triflow3d.evaluation.evaluate import EvalConfig
 from triflow3d.models.triflow import TriFlow, TriFlowParams, count_params
+from triflow3d.train.build import model_params, open_run_latents
 from triflow3d.train.config import preset
-from triflow3d.train.trainer import Trainer, model_params
+from triflow3d.train.text import build_text_encoder
+from triflow3d.train.trainer import Trainer
 from triflow3d.utils.io import write_json
 
 RESULT, SPEC = "result.json", "spec.json"
@@ -57,11 +57,12 @@ class AblationConfig:
     steps: int = 500
     seed: int = 0
     reconstructor: str | None = None  # NAME or NAME:CKPT (default: the latents' encoder's shipped weights)
-    eval: dict = field(default_factory=dict)  # EvalConfig fields (small N)
+    eval: dict = field(default_factory=dict)  # evaluation settings (EvalConfig fields, small N)
 
 
-def load_config(path: str | Path) -> AblationConfig:
-    """Read and check an ablation JSON file (ConfigError naming the file and the problem)."""
+def load_config(path: str | Path, check_eval: Callable[[dict], Any] | None = None) -> AblationConfig:
+    """Read and check an ablation JSON file (ConfigError naming the file and the problem); ``check_eval``
+    validates the ``eval`` settings (the evaluation's own config parser)."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -79,7 +80,8 @@ def load_config(path: str | Path) -> AblationConfig:
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: variant names must be unique, got {names}")
     cfg = AblationConfig(**(raw | {"variants": variants}))
-    EvalConfig.from_dict(cfg.eval)  # fail now, not after the first training
+    if check_eval is not None:
+        check_eval(cfg.eval)  # fail now, not after the first training
     for v in variants:
         train_config(cfg, v, Path("."))
     return cfg
@@ -139,24 +141,13 @@ def match_dit(params: TriFlowParams) -> tuple[TriFlowParams, int, int]:
     return best[0], best[1], target
 
 
-class VariantTrainer(Trainer):
-    """A Trainer whose fresh model may be the width-matched plain DiT (a resumed run keeps its own)."""
-
-    def __init__(self, cfg, arch: str | None = None, **kwargs):
-        self.arch, self.reference_params = arch, None
-        super().__init__(cfg, **kwargs)
-
-    def _build_model(self, resume: bool) -> None:
-        super()._build_model(resume)
-        if self.arch != "dit":
-            return
-        reference = model_params(self.cfg, self.dataset.triplane_shape, self.encoder.dim)
-        self.reference_params = n_params(reference)
-        if self.source is None:
-            self.params = match_dit(reference)[0]
-            torch.manual_seed(self.cfg.seed)
-            self.raw = TriFlow(self.params).to(self.device)
-            self.ema = copy.deepcopy(self.raw).requires_grad_(False).eval()
+def variant_params(cfg, arch: str | None, dataset, text_dim: int) -> tuple[TriFlowParams, int | None]:
+    """A fresh variant's architecture and, for the plain DiT, the multi-stream parameter count it matches."""
+    reference = model_params(cfg, dataset.triplane_shape, text_dim)
+    if arch != "dit":
+        return reference, None
+    dit, _, target = match_dit(reference)
+    return dit, target
 
 
 # --- one variant ------------------------------------------------------------------------------------------
@@ -212,12 +203,15 @@ def train_variant(cfg: AblationConfig, variant: Variant, vdir: Path) -> dict[str
     else:
         shutil.rmtree(vdir, ignore_errors=True)
         write_json(vdir / SPEC, spec)
-    trainer = VariantTrainer(train_config(cfg, variant, run_dir), variant.arch, resume=resume)
+    tc = train_config(cfg, variant, run_dir)
+    dataset, encoder = open_run_latents(tc), build_text_encoder(tc)
+    params, reference = variant_params(tc, variant.arch, dataset, encoder.dim)  # a resumed run keeps its own
+    trainer = Trainer(tc, resume=resume, dataset=dataset, text_encoder=encoder, params=params)
     t0 = time.perf_counter()
     with PeakMemory(trainer.device) as mem:
         stats = trainer.fit()
     return {
-        "params": count_params(trainer.raw), "params_reference": trainer.reference_params,
+        "params": count_params(trainer.raw), "params_reference": reference,
         "arch": trainer.params.arch, "hidden": trainer.params.hidden, "resumed": resume is not None,
         "train_s": round(time.perf_counter() - t0, 2), "peak_mem_mb": round(mem.peak_mb, 1),
         "peak_mem_growth_mb": round(mem.peak_mb - mem.start_mb, 1),
@@ -226,26 +220,18 @@ def train_variant(cfg: AblationConfig, variant: Variant, vdir: Path) -> dict[str
     }  # fmt: skip
 
 
-def evaluate_variant(cfg: AblationConfig, run_dir: Path, out: Path, progress: bool) -> dict[str, Any]:
-    """``evaluate`` on the variant's last checkpoint (EMA weights) with the ablation's eval settings."""
-    from triflow3d.encoders import load_reconstructor
-    from triflow3d.evaluation.evaluate import evaluate
-    from triflow3d.pipeline import TextTo3DPipeline
-    from triflow3d.train.checkpoint import resolve_checkpoint
-
-    recon = load_reconstructor(cfg.reconstructor) if cfg.reconstructor else None
-    pipe = TextTo3DPipeline.from_pretrained(resolve_checkpoint(run_dir), reconstructor=recon)
-    return evaluate(pipe, EvalConfig.from_dict(cfg.eval), out, str(run_dir), progress=progress)
+# (run dir, eval out dir) -> metrics of the variant's last checkpoint
+Evaluate = Callable[[Path, Path], dict[str, Any]]
 
 
-def run_variant(cfg: AblationConfig, variant: Variant, out: Path, progress: bool) -> dict[str, Any]:
+def run_variant(cfg: AblationConfig, variant: Variant, out: Path, evaluate: Evaluate) -> dict[str, Any]:
     vdir = out / "variants" / variant.name
     if (vdir / RESULT).is_file():
         done = json.loads((vdir / RESULT).read_text())
         if done.get("spec") == variant_spec(cfg, variant):
             return done | {"skipped": True}
     trained = train_variant(cfg, variant, vdir)
-    metrics = evaluate_variant(cfg, vdir / "run", vdir / "eval", progress)
+    metrics = evaluate(vdir / "run", vdir / "eval")
     result = {"name": variant.name, "description": variant.description, "train": variant.train,
               **trained, "metrics": metrics, "spec": variant_spec(cfg, variant)}  # fmt: skip
     write_json(vdir / RESULT, result)
@@ -320,12 +306,12 @@ def markdown(cfg: AblationConfig, results: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ablate(cfg: AblationConfig, out: str | Path, command: str, progress: bool = True) -> list[dict]:
+def ablate(cfg: AblationConfig, out: str | Path, command: str, evaluate: Evaluate) -> list[dict]:
     """Train and evaluate every variant (finished ones are reused); write ablations.md / .json."""
     out = Path(out)
     results = []
     for variant in cfg.variants:
-        r = run_variant(cfg, variant, out, progress)
+        r = run_variant(cfg, variant, out, evaluate)
         print(f"{variant.name}: {'skipped (finished)' if r['skipped'] else 'done'}", flush=True)
         results.append(r)
     write_json(
@@ -333,18 +319,3 @@ def ablate(cfg: AblationConfig, out: str | Path, command: str, progress: bool = 
     )
     (out / "ablations.md").write_text(markdown(cfg, results, command))
     return results
-
-
-# --- CLI ------------------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, required=True, help="ablation JSON (see configs/ablate_small.json)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (variants/, ablations.md/.json)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
-    command = shlex.join(["triflow3d", "ablate", "--config", str(args.config), "--out", str(args.out)])
-    ablate(cfg, args.out, command, progress=not args.no_progress)
-    print(f"table: {args.out / 'ablations.md'}")
-    return 0
