@@ -38,8 +38,8 @@ from triflow3d.conventions import CONVENTIONS_VERSION, NUM_PLANES
 from triflow3d.data import latents as lt
 from triflow3d.models.text_encoder import FakeTextEncoder
 from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
-from triflow3d.train import PRESETS, Trainer
-from triflow3d.train.trainer import draw
+from triflow3d.train.config import PRESETS
+from triflow3d.train.trainer import Trainer, draw
 
 
 def triplane_shape(preset: str, override: str | None) -> tuple[int, int, int, int]:

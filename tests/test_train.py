@@ -19,9 +19,10 @@ from triflow3d import cameras as cam
 from triflow3d.conventions import CONVENTIONS_VERSION
 from triflow3d.data import latents as lt
 from triflow3d.errors import ConfigError
-from triflow3d.train import PRESETS, Trainer, TrainingDivergedError, load_model
+from triflow3d.models.model_folder import load_model
 from triflow3d.train import checkpoint as ck
-from triflow3d.train.trainer import BatchPlan, TextTable, draw, lr_at
+from triflow3d.train.config import PRESETS
+from triflow3d.train.trainer import BatchPlan, TextTable, Trainer, TrainingDivergedError, draw, lr_at
 
 SHAPE = (3, 8, 16, 16)  # the tiny TriFlow preset's triplanes
 CATEGORIES = ("chair", "car")

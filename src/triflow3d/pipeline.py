@@ -7,8 +7,8 @@ t = 1 -> 0 with batched classifier-free guidance against the empty prompt; ``Lat
 result back to a raw triplane. The frozen reconstructor's field then gives meshes and renders
 (``Generated``).
 
-A model folder (``save_pretrained`` / ``from_pretrained``) is a TriFlow checkpoint of
-``triflow3d.train.checkpoint`` (``config.json`` + weights; EMA weights when the folder has them) plus:
+A model folder (``save_pretrained`` / ``from_pretrained``) is a TriFlow model folder of
+``triflow3d.models.model_folder`` (``config.json`` + weights; EMA weights when the folder has them) plus:
 
     config.json["sampling"]        default steps / cfg / sampler / shift / batch_size
     config.json["reconstructor"]   {"ref": NAME} (a named, shipped reconstructor) or
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from triflow3d import conventions as cv
@@ -40,6 +38,7 @@ from triflow3d.encoders.reconstructor import ReconstructorConfig
 from triflow3d.errors import CheckpointError, ConfigError, TriflowError
 from triflow3d.flow.sampling import METHODS, denoise, get_noise, get_schedule
 from triflow3d.latents import LatentNormalizer
+from triflow3d.models import model_folder as mf
 from triflow3d.models.text_encoder import (
     CachedTextEncoder,
     FakeTextEncoder,
@@ -50,7 +49,6 @@ from triflow3d.models.text_encoder import (
     make_text_encoder,
 )
 from triflow3d.models.triflow import TriFlow
-from triflow3d.train import checkpoint as ck
 from triflow3d.utils.io import atomic_path
 
 DEFAULT_MODEL_DIR = WEIGHTS_DIR / "triflow-small"
@@ -367,9 +365,9 @@ class TextTo3DPipeline:
             )
             raise CheckpointError(f"{folder}: model folder not found{hint}")
         if (folder / "checkpoints").is_dir():  # a training run folder means its latest checkpoint
-            folder = ck.resolve_checkpoint(folder)
+            folder = mf.resolve_checkpoint(folder)
         try:
-            loaded = ck.load_model(folder, ema=(folder / ck.EMA_WEIGHTS).is_file(), device=device)
+            loaded = mf.load_model(folder, ema=(folder / mf.EMA_WEIGHTS).is_file(), device=device)
         except (KeyError, TypeError, RuntimeError) as e:  # bad config keys, mis-shaped weights
             raise CheckpointError(f"{folder}: malformed model folder ({type(e).__name__}: {e})") from None
         config = loaded.config
@@ -388,14 +386,12 @@ class TextTo3DPipeline:
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a self-contained model folder atomically (see the module docstring)."""
         config = self.checkpoint_config()
-        meta = {"format": ck.FORMAT, "conventions_version": str(cv.CONVENTIONS_VERSION)}
         with atomic_path(directory) as tmp:
             tmp.mkdir()
-            tensors = ck.weights_tensors(self.model, self.normalizer, self.text_center)
-            save_file(tensors, str(tmp / ck.WEIGHTS), metadata=meta)
+            mf.write_weights(tmp / mf.WEIGHTS, self.model, self.normalizer, self.text_center)
             if self.reconstructor_ref is None:
                 save_reconstructor(self.reconstructor, tmp / RECONSTRUCTOR_DIR)
-            (tmp / ck.CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            mf.write_config(tmp, config)
             if self.model_card:
                 (tmp / MODEL_CARD).write_text(self.model_card)
         return Path(directory)
@@ -409,9 +405,9 @@ class TextTo3DPipeline:
             "triplane_shape": list(self.reconstructor.triplane_shape),
         }
         config |= {
-            "format": ck.FORMAT,
+            "format": mf.FORMAT,
             "conventions_version": cv.CONVENTIONS_VERSION,
-            "triflow_params": ck.params_dict(self.model.params),
+            "triflow_params": mf.params_dict(self.model.params),
             "text_encoder": text_encoder_spec(self.text_encoder),
             "normalizer": self.normalizer.config(),
             "encoder": encoder,
@@ -498,7 +494,7 @@ def _load_reconstructor(
     name = spec.get("ref") or (config.get("encoder") or {}).get("encoder")
     if not name:
         raise CheckpointError(
-            f"{folder}: {ck.CONFIG} names no reconstructor (no 'reconstructor' or 'encoder')"
+            f"{folder}: {mf.CONFIG} names no reconstructor (no 'reconstructor' or 'encoder')"
         )
     try:
         return load_reconstructor(name, device=device), name
