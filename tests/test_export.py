@@ -14,6 +14,7 @@ import trimesh
 
 from triflow3d import export as ex
 from triflow3d.errors import ConfigError
+from triflow3d.triplane.mesh import decimate_mesh
 
 ALL = ["glb", "obj", "ply", "mp4", "gif", "png", "triplane"]
 
@@ -110,14 +111,14 @@ def test_volume_preview_and_empty_mesh(tmp_path, gen, opts):
 
 def test_decimation_keeps_colours():
     sphere = colored_sphere()
-    small = ex.decimate_mesh(sphere, 200)
+    small = decimate_mesh(sphere, 200)
     assert 150 <= len(small.faces) <= 200 and small.visual.kind == "vertex"
     # every kept vertex's colour is its nearest original vertex's colour: close to the position ramp
     expected = np.round((small.vertices / 1.6 + 0.5) * 255)
     assert np.abs(np.asarray(small.visual.vertex_colors)[:, :3] - expected).mean() < 12
-    assert len(ex.decimate_mesh(sphere, 0.5).faces) <= len(sphere.faces) // 2 + 2
+    assert len(decimate_mesh(sphere, 0.5).faces) <= len(sphere.faces) // 2 + 2
     with pytest.raises(ConfigError):
-        ex.decimate_mesh(sphere, 1.5)
+        decimate_mesh(sphere, 1.5)
 
 
 def test_rasterize_uv_covers_triangles_once():

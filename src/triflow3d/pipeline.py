@@ -258,7 +258,7 @@ class Generated:
         kw = {} if threshold is None else {"threshold": float(threshold)}
         mesh = self.reconstructor.extract_mesh(self.planes(), resolution, **kw)
         if decimate is not None and len(mesh.faces):
-            from triflow3d.export import decimate_mesh
+            from triflow3d.triplane.mesh import decimate_mesh
 
             mesh = decimate_mesh(mesh, decimate)
         return mesh
@@ -281,7 +281,7 @@ class Generated:
         if renderer not in RENDERERS:
             raise ConfigError(f"unknown renderer {renderer!r}; expected one of {RENDERERS}")
         if renderer == "mesh":
-            from triflow3d.export import render_mesh
+            from triflow3d.render.meshes import render_mesh
 
             return render_mesh(self.to_mesh() if mesh is None else mesh, rig, size)
         cams = rig.render_cameras()  # (N, 25)

@@ -237,7 +237,7 @@ class Sample:
 
 def measure(gen, index: int, row: int, cfg: EvalConfig, renderer, rig: Rig) -> Sample:
     """Mesh, surface points, dominant colour and renders of one ``pipeline.Generated``."""
-    from triflow3d.export import mesh_part
+    from triflow3d.render.meshes import mesh_part
 
     s = Sample(row, gen.prompt, gen.seed, seconds=gen.seconds)
     try:
