@@ -18,7 +18,7 @@ from triflow3d.data import LatentDataset
 from triflow3d.encode import encode_folder
 from triflow3d.encoders import PRESETS, build_reconstructor, load_reconstructor, save_reconstructor
 from triflow3d.latents import LatentNormalizer, LatentStats, batch_stats, spatial_weights
-from triflow3d.latents.cli import sample_indices
+from triflow3d.latents.folder import sample_indices
 from triflow3d.latents.report import feature_energy, pca_rgb
 from triflow3d.latents.weights import grid_points
 from triflow3d.recon.synthetic import write_views_folder

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import sys
 import time
@@ -69,23 +68,6 @@ def caption_for(row: dict, captions: dict[str, str] | None) -> str:
             if key and key in captions:
                 return captions[key]
     return str(row.get("caption") or "")
-
-
-# --- encoder description ----------------------------------------------------------------------------
-def config_hash(model: torch.nn.Module) -> str:
-    cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else vars(model.config)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def encoder_info(model: torch.nn.Module, dtype: str) -> dict:
-    return {
-        "encoder": str(model.encoder_id),
-        "config_hash": config_hash(model),
-        "conventions_version": cv.CONVENTIONS_VERSION,
-        "triplane_shape": list(model.triplane_shape),
-        "dtype": dtype,
-        "image_size": int(model.config.image_size),
-    }
 
 
 # --- the stage --------------------------------------------------------------------------------------
@@ -167,7 +149,7 @@ def encode_folder(
     t0 = time.perf_counter()
     out = Path(out)
     views = ViewsFolder(views_dir)
-    info = encoder_info(model, dtype)
+    info = lt.encoder_info(model, dtype)
     lt.ensure_encoder_json(out, info)
     done = lt.valid_rows(out, verify=True)
     mine = shard(views.ids, rank, world_size)

@@ -27,6 +27,7 @@ from triflow3d.assets.export import save_mesh as save_asset_mesh
 from triflow3d.assets.types import Asset, MeshPart
 from triflow3d.errors import AssetError, ConfigError
 from triflow3d.triplane.mesh import decimate_mesh
+from triflow3d.utils.images import save_png
 from triflow3d.utils.io import atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -170,12 +171,6 @@ def image_grid(images: np.ndarray, cols: int = 2) -> np.ndarray:
         r, c = divmod(k, cols)
         grid[r * s : (r + 1) * s, c * s : (c + 1) * s] = img
     return grid
-
-
-def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        PIL.Image.fromarray(image).save(tmp, format="PNG")
-    return Path(path)
 
 
 def save_triplane(triplane: torch.Tensor, path: str | os.PathLike, metadata: dict[str, object]) -> Path:

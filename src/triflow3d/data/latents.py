@@ -7,6 +7,8 @@ Folder layout (``LATENTS_DIR``)::
     index-r000.jsonl              per-rank rows {id, shard, row, shard_sha256, caption, attributes, ...}
     failures-r000.jsonl           per-rank rows {id, error}
     index.jsonl                   the merged index (``merge_index``) readers use
+    stats.safetensors, stats.json ``triflow3d latents stats`` (LatentStats and its summary)
+    weights.json                  ``triflow3d latents weights``' summary (the weights are sidecars)
 
 A shard is written under a temporary name and renamed when complete, and its rows reach the rank
 index only after that, each carrying the shard's sha256: a killed run leaves at worst an orphan shard
@@ -28,13 +30,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from triflow3d import conventions as cv
 from triflow3d.errors import ConfigError
 from triflow3d.utils.io import append_jsonl, atomic_path, read_jsonl, write_json
 
 ENCODER_JSON = "encoder.json"
 INDEX = "index.jsonl"
+STATS_FILE, STATS_JSON, WEIGHTS_JSON = "stats.safetensors", "stats.json", "weights.json"
 TRIPLANE_KEY = "triplanes"
-SIDECARS: tuple[str, ...] = ("weights",)
+WEIGHTS_SIDECAR = "weights"
+SIDECARS: tuple[str, ...] = (WEIGHTS_SIDECAR,)
 _SHARD_RE = re.compile(r"^shard-r(\d{3})-(\d{5})\.safetensors$")
 
 
@@ -87,6 +92,24 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 
 # --- encoder.json -----------------------------------------------------------------------------------
+def config_hash(model: torch.nn.Module) -> str:
+    """A reconstructor's identity beside its name: sha256 of its config (16 hex digits)."""
+    cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else vars(model.config)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encoder_info(model: torch.nn.Module, dtype: str) -> dict:
+    """The ``encoder.json`` of latents made by ``model`` and stored as ``dtype``."""
+    return {
+        "encoder": str(model.encoder_id),
+        "config_hash": config_hash(model),
+        "conventions_version": cv.CONVENTIONS_VERSION,
+        "triplane_shape": list(model.triplane_shape),
+        "dtype": dtype,
+        "image_size": int(model.config.image_size),
+    }
+
+
 def read_encoder_json(root: str | Path) -> dict:
     path = Path(root) / ENCODER_JSON
     if not path.exists():

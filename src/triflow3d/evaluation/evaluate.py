@@ -40,7 +40,7 @@ from triflow3d.evaluation.geometry import (
     pairwise_chamfer,
     sample_surface,
 )
-from triflow3d.evaluation.report import bar_chart, save_grid, write_report
+from triflow3d.evaluation.report import bar_chart, write_report
 from triflow3d.shapes import (
     CATEGORIES,
     PALETTE,
@@ -51,6 +51,7 @@ from triflow3d.shapes import (
     shape_solid,
 )
 from triflow3d.shapes.splits import SPLITS
+from triflow3d.utils.images import save_grid
 from triflow3d.utils.io import append_jsonl, atomic_path
 from triflow3d.utils.progress import progress_bar
 
