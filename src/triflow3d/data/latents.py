@@ -7,6 +7,7 @@ Folder layout (``LATENTS_DIR``)::
     index-r000.jsonl              per-rank rows {id, shard, row, shard_sha256, caption, attributes, ...}
     failures-r000.jsonl           per-rank rows {id, error}
     index.jsonl                   the merged index (``merge_index``) readers use
+                                  (rank naming and merging: :mod:`triflow3d.data.ranks`)
     stats.safetensors, stats.json ``triflow3d latents stats`` (LatentStats and its summary)
     weights.json                  ``triflow3d latents weights``' summary (the weights are sidecars)
 
@@ -31,11 +32,12 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from triflow3d import conventions as cv
+from triflow3d.data import ranks
 from triflow3d.errors import ConfigError
 from triflow3d.utils.io import append_jsonl, atomic_path, read_jsonl, write_json
 
 ENCODER_JSON = "encoder.json"
-INDEX = "index.jsonl"
+INDEX, FAILURES = "index.jsonl", "failures.jsonl"  # merged from index-r000.jsonl ... (data.ranks)
 STATS_FILE, STATS_JSON, WEIGHTS_JSON = "stats.safetensors", "stats.json", "weights.json"
 TRIPLANE_KEY = "triplanes"
 WEIGHTS_SIDECAR = "weights"
@@ -48,11 +50,11 @@ def shard_name(rank: int, k: int) -> str:
 
 
 def rank_index_path(root: Path, rank: int) -> Path:
-    return Path(root) / f"index-r{rank:03d}.jsonl"
+    return ranks.rank_file(root, INDEX, rank)
 
 
 def rank_failures_path(root: Path, rank: int) -> Path:
-    return Path(root) / f"failures-r{rank:03d}.jsonl"
+    return ranks.rank_file(root, FAILURES, rank)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -137,31 +139,23 @@ def ensure_encoder_json(root: Path, info: dict) -> None:
 
 
 # --- index ------------------------------------------------------------------------------------------
-def _rank_files(root: Path, pattern: str) -> list[Path]:
-    return sorted(Path(root).glob(pattern))
-
-
 def valid_rows(root: str | Path, verify: bool = True) -> dict[str, dict]:
     """Rows of every rank index whose shard exists (and, with ``verify``, matches its sha256); id -> row."""
     root = Path(root)
-    ok: dict[str, bool] = {}
-    out: dict[str, dict] = {}
-    for f in _rank_files(root, "index-r*.jsonl"):
-        for row in read_jsonl(f):
-            key = (row.get("shard"), row.get("shard_sha256"))
-            if key not in ok:
-                p = root / str(row.get("shard"))
-                ok[key] = p.exists() and (not verify or sha256_file(p) == row.get("shard_sha256"))
-            if ok[key]:
-                out[str(row["id"])] = row
-    return out
+    ok: dict[tuple, bool] = {}
+
+    def shard_ok(row: dict) -> bool:
+        key = (row.get("shard"), row.get("shard_sha256"))
+        if key not in ok:
+            p = root / str(row.get("shard"))
+            ok[key] = p.exists() and (not verify or sha256_file(p) == row.get("shard_sha256"))
+        return ok[key]
+
+    return ranks.collect(ranks.rank_files(root, INDEX), keep=shard_ok)
 
 
 def failed_rows(root: str | Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for f in _rank_files(Path(root), "failures-r*.jsonl"):
-        out.update({str(r["id"]): r for r in read_jsonl(f) if "id" in r})
-    return out
+    return ranks.collect(ranks.rank_files(root, FAILURES))
 
 
 def merge_index(root: str | Path, verify: bool = True) -> dict:
@@ -170,8 +164,7 @@ def merge_index(root: str | Path, verify: bool = True) -> dict:
     read_encoder_json(root)
     rows = valid_rows(root, verify)
     fails = {k: v for k, v in failed_rows(root).items() if k not in rows}
-    with atomic_path(root / INDEX) as tmp:
-        tmp.write_text("".join(json.dumps(rows[k], sort_keys=True) + "\n" for k in sorted(rows)))
+    ranks.write_rows(root / INDEX, rows)
     used = {r["shard"] for r in rows.values()}
     orphans = sorted(p.name for p in root.glob("shard-r*.safetensors") if p.name not in used)
     return {"objects": len(rows), "failed": len(fails), "orphan_shards": orphans}
