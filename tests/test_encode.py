@@ -79,6 +79,24 @@ def test_round_trip_and_layout(views, tmp_path):
     assert LatentDataset(tmp_path, filter=lambda r: r["id"].endswith("1"))[0]["id"] == "sphere-00001"
 
 
+def test_latents_and_views_move_together(views, tmp_path):
+    """index rows name views folders relative to the latents folder; old absolute ones still read."""
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(views, root / "views")
+    _encode(root / "views", root / "latents")
+    assert lt.read_jsonl(root / "latents" / "index.jsonl")[0]["views_dir"] == "../views/sphere-00000"
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    item = LatentDataset(moved / "latents")[0]
+    assert Path(item["views_dir"]) == (moved / "views" / "sphere-00000").resolve()
+    assert (Path(item["views_dir"]) / "cameras.json").is_file()
+    old = {"views_dir": "/data/views/sphere-00000"}  # written before relative paths
+    assert lt.views_dir(moved / "latents", old) == "/data/views/sphere-00000"
+    assert lt.views_dir(moved / "latents", {}) == ""
+
+
 def test_fp16_storage(views, tmp_path):
     _encode(views, tmp_path, dtype="fp16")
     from safetensors import safe_open

@@ -167,7 +167,7 @@ def encode_folder(
                     model.forward_planes(images.to(device), cams.to(device)).float().cpu()
                 )  # (B, 3, C, R, R)
                 for i, p in zip(ids, planes):
-                    pending.rows.append(_index_row(views, i, captions))
+                    pending.rows.append(_index_row(views, i, captions, out))
                     pending.planes.append(p)
                     s.no_caption += pending.rows[-1]["caption"] == ""
                 s.encoded += len(ids)
@@ -184,14 +184,14 @@ def encode_folder(
     return s
 
 
-def _index_row(views: ViewsFolder, id: str, captions: dict[str, str] | None) -> dict:
+def _index_row(views: ViewsFolder, id: str, captions: dict[str, str] | None, out: Path) -> dict:
     row = views.row(id)
     return {
         "id": id,
         "caption": caption_for(row, captions),
         "attributes": row.get("attributes") or {},
         "source": str(row.get("source", "")),
-        "views_dir": str(views.path(id).resolve()),
+        "views_dir": lt.relative_views_dir(out, views.path(id)),
     }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -179,6 +180,21 @@ def read_index(root: str | Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def relative_views_dir(root: str | Path, folder: str | Path) -> str:
+    """How an index row names an object's views folder: relative to the latents folder, so the two can
+    move together (``views_dir`` of :func:`views_dir`)."""
+    return os.path.relpath(Path(folder).resolve(), Path(root).resolve())
+
+
+def views_dir(root: str | Path, row: dict) -> str:
+    """An index row's views folder as a path: relative ones (this format) from the latents folder,
+    absolute ones (folders written before) as they are; "" when the row names none."""
+    name = str(row.get("views_dir") or "")
+    if not name or Path(name).is_absolute():
+        return name
+    return str((Path(root) / name).resolve())
+
+
 # --- reader -----------------------------------------------------------------------------------------
 class LatentDataset(Dataset):
     """Lazily reads triplanes from a latents folder (memory-mapped ``safe_open``).
@@ -231,7 +247,7 @@ class LatentDataset(Dataset):
             "caption": row.get("caption", ""),
             "attributes": row.get("attributes") or {},
             "id": str(row["id"]),
-            "views_dir": row.get("views_dir", ""),
+            "views_dir": views_dir(self.root, row),
         }
         for name in SIDECARS:
             f = self._open(sidecar_name(shard, name))
