@@ -20,8 +20,8 @@ from triflow3d.encoders import PRESETS, build_reconstructor, load_reconstructor,
 from triflow3d.latents import LatentNormalizer, LatentStats, batch_stats, spatial_weights
 from triflow3d.latents.folder import sample_indices
 from triflow3d.latents.report import feature_energy, pca_rgb
-from triflow3d.latents.weights import grid_points
 from triflow3d.recon.synthetic import write_views_folder
+from triflow3d.triplane.grid import grid_points
 
 TINY = dict(
     encoder_feat_dim=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,

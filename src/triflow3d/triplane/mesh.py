@@ -32,19 +32,13 @@ from skimage import measure
 
 from triflow3d import conventions as cv
 from triflow3d.errors import ConfigError
+from triflow3d.triplane.grid import grid_axis, query_grid
 
 if TYPE_CHECKING:  # trimesh is imported where a mesh is built, so the grid queries work without it
     import trimesh
 
 DEFAULT_CHUNK = 2**18
 MESH_BOUND = {"nerf": cv.BOX_MAX, "mesh": 1.05}  # half-extent of the extraction grid per decoder kind
-
-
-def grid_axis(resolution: int, bound: float = cv.BOX_MAX, extra: int = 0) -> torch.Tensor:
-    """linspace(-bound, bound, G), optionally continued by ``extra`` points past +bound (same step)."""
-    lin = torch.linspace(-bound, bound, resolution)
-    step = 2.0 * bound / (resolution - 1)
-    return torch.cat([lin, bound + step * torch.arange(1, extra + 1, dtype=lin.dtype)])
 
 
 @torch.no_grad()
@@ -54,16 +48,12 @@ def _query_values(field, planes, xyz: torch.Tensor, key: str, chunk: int) -> tor
     return torch.cat(parts, dim=1).float()
 
 
-@torch.no_grad()
 def field_grid(field, planes, resolution: int, key: str = "sigma", bound: float = 1.0, chunk=DEFAULT_CHUNK):
     """Dense grid of ``key`` on linspace(-bound, bound, G)^3, indexing 'ij' -> (B, G, G, G, K)."""
-    lin = grid_axis(resolution, bound).to(planes.device)
-    xyz = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(1, -1, 3)
-    xyz = xyz.expand(planes.shape[0], -1, -1)
-    vals = torch.cat(
-        [field.query(planes, xyz[:, i : i + chunk])[key] for i in range(0, xyz.shape[1], chunk)], 1
-    )
-    return vals.reshape(planes.shape[0], resolution, resolution, resolution, -1)
+    return query_grid(
+        lambda xyz: field.query(planes, xyz)[key], resolution, planes.shape[0], -bound, bound, chunk,
+        planes.device,
+    )  # fmt: skip
 
 
 def density_grid(field, planes, resolution: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
