@@ -10,10 +10,15 @@ import pytest
 
 from triflow3d.cli import main
 from triflow3d.encode import encode_folder
-from triflow3d.encoders import PRESETS, build_reconstructor, load_reconstructor, save_reconstructor
+from triflow3d.encoders import (
+    RECONSTRUCTOR_PRESETS,
+    build_reconstructor,
+    load_reconstructor,
+    save_reconstructor,
+)
 from triflow3d.errors import ConfigError
 from triflow3d.evaluation.ablate import load_config, match_dit, n_params
-from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
+from triflow3d.models.triflow import TRIFLOW_PRESETS as MODEL_PRESETS
 from triflow3d.recon.synthetic import write_views_folder
 
 TINY = dict(
@@ -30,7 +35,7 @@ def latents(tmp_path_factory) -> dict:
     """6 objects encoded by a saved random tiny ``lrm-small`` (3 x 4 x 8 x 8 triplanes) + stats."""
     root = tmp_path_factory.mktemp("abl")
     write_views_folder(root / "views", list(range(6)), "zero123pp", 16)
-    cfg = dataclasses.replace(PRESETS["lrm-small"], **TINY)
+    cfg = dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], **TINY)
     save_reconstructor(build_reconstructor(cfg, encoder_id="lrm-small", seed=3), root / "enc")
     model = load_reconstructor("lrm-small", checkpoint=root / "enc")
     encode_folder(model, root / "views", root / "lat", dtype="fp32", shard_size=4, progress=False)

@@ -142,13 +142,13 @@ def test_textured_glb_and_obj(tmp_path):
     i = np.clip((part.uv[:, 1] * 64).astype(int), 0, 63)
     err = np.abs(part.texture[i, j, :3] / 255.0 - color_fn(part.vertices)).mean()
     assert err < 0.05
-    ex.save_mesh(part, tmp_path / "t.glb")
+    ex.save_generated_mesh(part, tmp_path / "t.glb")
     gltf = pygltflib.GLTF2().load(str(tmp_path / "t.glb"))
     assert len(gltf.images) == 1 and len(gltf.textures) == 1
     assert gltf.meshes[0].primitives[0].attributes.TEXCOORD_0 is not None
     loaded = trimesh.load(tmp_path / "t.glb", force="mesh")
     assert loaded.visual.kind == "texture" and loaded.visual.material.baseColorTexture.size == (64, 64)
-    ex.save_mesh(part, tmp_path / "t.obj")
+    ex.save_generated_mesh(part, tmp_path / "t.obj")
     assert (tmp_path / "t.mtl").is_file()
     obj = trimesh.load(tmp_path / "t.obj", force="mesh")
     assert obj.visual.kind == "texture" and len(obj.faces) == len(part.faces)

@@ -16,7 +16,12 @@ from PIL import Image
 from triflow3d.cli import main
 from triflow3d.data import LatentDataset
 from triflow3d.encode import encode_folder
-from triflow3d.encoders import PRESETS, build_reconstructor, load_reconstructor, save_reconstructor
+from triflow3d.encoders import (
+    RECONSTRUCTOR_PRESETS,
+    build_reconstructor,
+    load_reconstructor,
+    save_reconstructor,
+)
 from triflow3d.latents import LatentNormalizer, LatentStats, batch_stats, spatial_weights
 from triflow3d.latents.folder import sample_indices
 from triflow3d.latents.report import feature_energy, pca_rgb
@@ -37,7 +42,7 @@ def folder(tmp_path_factory) -> dict:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("latents")
     write_views_folder(root / "views", list(range(6)), "zero123pp", 16)
-    cfg = dataclasses.replace(PRESETS["lrm-small"], **TINY)
+    cfg = dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], **TINY)
     save_reconstructor(build_reconstructor(cfg, encoder_id="lrm-small", seed=3), root / "enc")
     model = load_reconstructor("lrm-small", checkpoint=root / "enc")
     s = encode_folder(model, root / "views", root / "lat", dtype="fp32", shard_size=4, progress=False)
@@ -148,7 +153,7 @@ def test_weights_stale_shard_recomputed_and_encoder_checked(folder, tmp_path, ca
     assert (_last_json(capsys)["computed"]) == 2
     # no weights for the default encoder name (lrm-small ships none here) / another model's config
     assert main(["latents", "weights", str(lat), "--grid", "4", "--encoder", "lrm-small"]) == 1
-    other = dataclasses.replace(PRESETS["lrm-small"], **(TINY | {"intermediate_size": 32}))
+    other = dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], **(TINY | {"intermediate_size": 32}))
     save_reconstructor(build_reconstructor(other, encoder_id="lrm-small"), tmp_path / "other")
     assert main(["latents", "weights", str(lat), "--encoder", f"lrm-small:{tmp_path / 'other'}"]) == 1
     assert "latents were made by" in capsys.readouterr().err

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from triflow3d.cli import main
-from triflow3d.encoders import PRESETS as RECON_PRESETS
-from triflow3d.encoders import build_reconstructor
+from triflow3d.encoders import RECONSTRUCTOR_PRESETS, build_reconstructor
 from triflow3d.errors import CheckpointError, ConfigError
 from triflow3d.latents import LatentNormalizer
-from triflow3d.models import PRESETS, FakeTextEncoder, TriFlow
+from triflow3d.models import TRIFLOW_PRESETS, FakeTextEncoder, TriFlow
 from triflow3d.pipeline import SamplerSettings, TextTo3DPipeline
 from triflow3d.train import checkpoint as ck
 
@@ -27,13 +26,13 @@ TEXT_DIM = 32
 def tiny_reconstructor(encoder_id: str = ENCODER_ID, seed: int = 0):
     """lrm-small's class at R = 8: planes 3 x 8 x 8 x 8."""
     base = dict(num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=16, patch_size=8)
-    cfg = dataclasses.replace(RECON_PRESETS["lrm-small"], rendering_samples_per_ray=8, **base)
+    cfg = dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], rendering_samples_per_ray=8, **base)
     return build_reconstructor(cfg, encoder_id=encoder_id, seed=seed).eval()
 
 
 def tiny_model(seed: int = 0, text_dim: int = TEXT_DIM) -> TriFlow:
     """The tiny preset at R = 8, weights re-drawn so the velocity is not zero (adaLN-Zero init is)."""
-    params = dataclasses.replace(PRESETS["tiny"], plane_res=8, patch=2, text_dim=text_dim)
+    params = dataclasses.replace(TRIFLOW_PRESETS["tiny"], plane_res=8, patch=2, text_dim=text_dim)
     model = TriFlow(params)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -137,7 +136,7 @@ def test_components_must_agree():
         tiny_pipeline(text_encoder=FakeTextEncoder(16))
     with pytest.raises(CheckpointError, match="other-recon"):
         tiny_pipeline(normalizer=LatentNormalizer(8, encoder_id="other-recon"))
-    small = build_reconstructor(dataclasses.replace(RECON_PRESETS["lrm-small"], triplane_low_res=2))
+    small = build_reconstructor(dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], triplane_low_res=2))
     with pytest.raises(CheckpointError, match="expects"):
         tiny_pipeline(reconstructor=small)
 

@@ -108,7 +108,7 @@ def bake_texture(
 
 
 # --- writers ------------------------------------------------------------------------------------------
-def save_mesh(mesh: trimesh.Trimesh | MeshPart, path: str | os.PathLike) -> Path:
+def save_generated_mesh(mesh: trimesh.Trimesh | MeshPart, path: str | os.PathLike) -> Path:
     """A vertex-coloured trimesh (.glb / .obj / .ply) or a textured part (.glb, or .obj + .mtl + .png)."""
     out = Path(path)
     if isinstance(mesh, MeshPart):
@@ -241,7 +241,9 @@ def export_generated(
         if fmt in MESH_FORMATS:
             if mesh is None or len(mesh.faces) == 0:
                 continue
-            save_mesh(textured if textured is not None and fmt in ("glb", "obj") else mesh, folder / name)
+            save_generated_mesh(
+                textured if textured is not None and fmt in ("glb", "obj") else mesh, folder / name
+            )
         elif fmt in ("mp4", "gif"):
             frames = gen.turntable(opts.frames, opts.video_size, opts.preview, mesh)
             (save_video if fmt == "mp4" else save_gif)(frames, folder / name, opts.fps)

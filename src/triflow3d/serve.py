@@ -469,18 +469,17 @@ class ServeApp:
 def random_pipeline(seed: int = 0) -> TextTo3DPipeline:
     """Tiny random-weight components (TriFlow ``tiny`` at R = 8, a one-layer reconstructor, a fake text
     encoder): generates noise-shaped objects in well under a second; for UI tests, never for results."""
-    from triflow3d.encoders import PRESETS as RECON_PRESETS
-    from triflow3d.encoders import build_reconstructor
+    from triflow3d.encoders import RECONSTRUCTOR_PRESETS, build_reconstructor
     from triflow3d.latents import LatentNormalizer
-    from triflow3d.models import PRESETS, FakeTextEncoder, TriFlow
+    from triflow3d.models import TRIFLOW_PRESETS, FakeTextEncoder, TriFlow
     from triflow3d.pipeline import SamplerSettings, TextTo3DPipeline
 
     rc = dataclasses.replace(
-        RECON_PRESETS["lrm-small"], num_hidden_layers=1, transformer_layers=1, triplane_low_res=4,
+        RECONSTRUCTOR_PRESETS["lrm-small"], num_hidden_layers=1, transformer_layers=1, triplane_low_res=4,
         image_size=16, patch_size=8, rendering_samples_per_ray=8,
     )  # fmt: skip
     recon = build_reconstructor(rc, encoder_id="random-tiny", seed=seed).eval()
-    model = TriFlow(dataclasses.replace(PRESETS["tiny"], plane_res=8, patch=2, text_dim=32))
+    model = TriFlow(dataclasses.replace(TRIFLOW_PRESETS["tiny"], plane_res=8, patch=2, text_dim=32))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():  # adaLN-Zero starts at zero velocity: draw every weight instead

@@ -66,7 +66,7 @@ def evaluate_object(
     return psnr(rgb, white), silhouette_iou(alpha, mask), error_split(rgb, white, alpha, mask)
 
 
-def evaluate(
+def evaluate_reconstructor(
     model,
     data: str | Path,
     views_from: str | Path | None = None,

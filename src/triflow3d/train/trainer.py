@@ -52,7 +52,7 @@ from triflow3d.flow.path import (
 from triflow3d.latents.normalizer import LatentNormalizer
 from triflow3d.latents.stats import LatentStats, compute_stats
 from triflow3d.models.text_encoder import CachedTextEncoder, TextEmbedding, TextEncoder, make_text_encoder
-from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
+from triflow3d.models.triflow import TRIFLOW_PRESETS as MODEL_PRESETS
 from triflow3d.models.triflow import TriFlow, TriFlowParams
 from triflow3d.train import checkpoint as ck
 from triflow3d.train.config import TrainConfig

@@ -66,7 +66,7 @@ class RenderOptions:
     """Fast path: cells an occupied cell is grown by (must cover one sample spacing)."""
 
 
-PRESETS: dict[str, RenderOptions] = {
+RENDER_PRESETS: dict[str, RenderOptions] = {
     "instant-nerf-large": RenderOptions(samples_coarse=64, samples_importance=64),
     "instant-nerf-base": RenderOptions(samples_coarse=48, samples_importance=48),
     "parity-small": RenderOptions(samples_coarse=32, samples_importance=32),
