@@ -219,21 +219,19 @@ def test_captions_override_and_missing_count(views, tmp_path):
     assert s2.no_caption == 5 and s2.encoded == 5
 
 
-def _tiny_checkpoint(path: Path) -> Path:
+def _tiny_checkpoint(path: Path, tiny: dict) -> Path:
     encoders = pytest.importorskip("triflow3d.encoders")
     pytest.importorskip("triflow3d.triplane.field")
-    from test_recon import TINY
-
-    cfg = encoders.resolve_config("lrm-small", TINY | {"image_size": 16, "patch_size": 8})
+    cfg = encoders.resolve_config("lrm-small", tiny)
     encoders.save_reconstructor(encoders.build_reconstructor(cfg, encoder_id="lrm-small"), path)
     return path
 
 
-def test_torchrun_two_processes(views, tmp_path):
+def test_torchrun_two_processes(views, tmp_path, tiny_recon):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not available")
-    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt", tiny_recon)
     out = tmp_path / "lat"
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "triflow3d.cli", "encode", str(views),
            "--encoder", f"lrm-small:{ckpt}", "--out", str(out), "--shard-size", "2", "--dtype", "fp32"]  # fmt: skip

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from test_pipeline import median_density, tiny_pipeline
 from triflow3d.cli import main
 from triflow3d.errors import ConfigError
 from triflow3d.evaluation.evaluate import (
@@ -21,6 +20,7 @@ from triflow3d.evaluation.evaluate import (
     object_records,
     summarize,
 )
+from triflow3d.pipeline import median_level
 from triflow3d.shapes import CATEGORIES, sample_seed, sample_spec
 
 SMALL = ["--points", "64", "--refs-per-category", "1", "--views", "2", "--image-size", "32",
@@ -28,9 +28,9 @@ SMALL = ["--points", "64", "--refs-per-category", "1", "--views", "2", "--image-
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> dict:
+def model(tmp_path_factory, tiny_pipeline) -> dict:
     pipe = tiny_pipeline()
-    level = median_density(pipe("a chair", seed=0)[0])
+    level = median_level(pipe("a chair", seed=0)[0])
     return {"dir": pipe.save_pretrained(tmp_path_factory.mktemp("m") / "tiny"), "threshold": level}
 
 

@@ -14,24 +14,21 @@ import trimesh
 
 from triflow3d import export as ex
 from triflow3d.errors import ConfigError
+from triflow3d.pipeline import median_level
 from triflow3d.triplane.mesh import decimate_mesh
 
 ALL = ["glb", "obj", "ply", "mp4", "gif", "png", "triplane"]
 
 
 @pytest.fixture(scope="module")
-def gen():
-    from test_pipeline import tiny_pipeline
-
+def gen(tiny_pipeline):
     return tiny_pipeline()("a red chair", seed=0)[0]
 
 
 @pytest.fixture(scope="module")
 def opts(gen):
-    from test_pipeline import median_density
-
     return ex.ExportOptions(
-        resolution=16, threshold=median_density(gen), video_size=32, frames=4, views_size=24
+        resolution=16, threshold=median_level(gen), video_size=32, frames=4, views_size=24
     )
 
 

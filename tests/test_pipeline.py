@@ -15,48 +15,16 @@ from triflow3d.cli import main
 from triflow3d.encoders import RECONSTRUCTOR_PRESETS, build_reconstructor
 from triflow3d.errors import CheckpointError, ConfigError
 from triflow3d.latents import LatentNormalizer
-from triflow3d.models import TRIFLOW_PRESETS, FakeTextEncoder, TriFlow
-from triflow3d.pipeline import SamplerSettings, TextTo3DPipeline
+from triflow3d.models import FakeTextEncoder
+from triflow3d.pipeline import SamplerSettings, TextTo3DPipeline, median_level, random_triflow
 from triflow3d.train import checkpoint as ck
 
 ENCODER_ID = "tiny-recon"
 TEXT_DIM = 32
 
 
-def tiny_reconstructor(encoder_id: str = ENCODER_ID, seed: int = 0):
-    """lrm-small's class at R = 8: planes 3 x 8 x 8 x 8."""
-    base = dict(num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=16, patch_size=8)
-    cfg = dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], rendering_samples_per_ray=8, **base)
-    return build_reconstructor(cfg, encoder_id=encoder_id, seed=seed).eval()
-
-
-def tiny_model(seed: int = 0, text_dim: int = TEXT_DIM) -> TriFlow:
-    """The tiny preset at R = 8, weights re-drawn so the velocity is not zero (adaLN-Zero init is)."""
-    params = dataclasses.replace(TRIFLOW_PRESETS["tiny"], plane_res=8, patch=2, text_dim=text_dim)
-    model = TriFlow(params)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
-
-
-def tiny_pipeline(**kw) -> TextTo3DPipeline:
-    norm = LatentNormalizer(8, encoder_id=ENCODER_ID)
-    settings = SamplerSettings(steps=3, cfg=3.0)
-    parts = dict(model=tiny_model(), normalizer=norm, text_encoder=FakeTextEncoder(TEXT_DIM),
-                 reconstructor=tiny_reconstructor(), settings=settings) | kw  # fmt: skip
-    return TextTo3DPipeline(**parts)
-
-
-def median_density(gen) -> float:
-    """A level the random field crosses, so tiny meshes are never empty."""
-    xyz = torch.rand(1, 4096, 3, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
-    return float(gen.reconstructor.query(gen.planes(), xyz)["sigma"].median())
-
-
 @pytest.fixture(scope="module")
-def pipe() -> TextTo3DPipeline:
+def pipe(tiny_pipeline) -> TextTo3DPipeline:
     return tiny_pipeline()
 
 
@@ -100,7 +68,7 @@ def test_euler_and_heun(pipe):
     )
 
 
-def test_bf16_autocast_is_close_and_deterministic(pipe):
+def test_bf16_autocast_is_close_and_deterministic(pipe, tiny_pipeline):
     ref = pipe("a chair", seed=1)[0].triplane
     fast = tiny_pipeline(autocast=torch.bfloat16)
     a, b = fast("a chair", seed=1)[0].triplane, fast("a chair", seed=1)[0].triplane
@@ -108,7 +76,7 @@ def test_bf16_autocast_is_close_and_deterministic(pipe):
     assert 0 < (a - ref).abs().max() < 0.1 * ref.abs().max()
 
 
-def test_guidance_text_and_denormalisation_matter(pipe):
+def test_guidance_text_and_denormalisation_matter(pipe, tiny_pipeline):
     base = pipe("a chair", seed=2)[0].triplane
     assert (pipe("a chair", seed=2, cfg=1.0)[0].triplane - base).abs().max() > 1e-4
     assert (pipe("a lamp", seed=2)[0].triplane - base).abs().max() > 1e-4
@@ -131,7 +99,7 @@ def test_bad_prompts_and_seeds(pipe):
         pipe("a chair", sampler="rk4")
 
 
-def test_components_must_agree():
+def test_components_must_agree(tiny_pipeline):
     with pytest.raises(CheckpointError, match="width 16"):
         tiny_pipeline(text_encoder=FakeTextEncoder(16))
     with pytest.raises(CheckpointError, match="other-recon"):
@@ -144,10 +112,10 @@ def test_components_must_agree():
 # --- the generated object -----------------------------------------------------------------------------
 def test_mesh_render_and_turntable(pipe):
     gen = pipe("a red chair", seed=0)[0]
-    mesh = gen.to_mesh(resolution=16, threshold=median_density(gen))
+    mesh = gen.to_mesh(resolution=16, threshold=median_level(gen))
     assert len(mesh.faces) > 50 and mesh.visual.kind == "vertex"
     assert np.abs(mesh.vertices).max() <= 1.0 + 1e-6
-    fewer = gen.to_mesh(resolution=16, threshold=median_density(gen), decimate=len(mesh.faces) // 4)
+    fewer = gen.to_mesh(resolution=16, threshold=median_level(gen), decimate=len(mesh.faces) // 4)
     assert 0 < len(fewer.faces) < len(mesh.faces) / 2 and fewer.visual.kind == "vertex"
     from triflow3d.cameras import orbit_rig
 
@@ -177,7 +145,7 @@ def test_save_and_load_round_trip(pipe, model_dir):
 
 
 def test_loads_a_trainer_checkpoint_with_ema(tmp_path, pipe):
-    ema = tiny_model(seed=1)
+    ema = random_triflow(seed=1)
     config = pipe.checkpoint_config()
     config.pop("reconstructor")
     config.pop("sampling")
@@ -213,7 +181,7 @@ def _cli(model_dir: Path, out: Path, *extra: str) -> int:
 
 
 def test_cli_generates_files(tmp_path, model_dir, pipe, capsys):
-    thr = median_density(pipe("a red chair", seed=4)[0])
+    thr = median_level(pipe("a red chair", seed=4)[0])
     args = ["a red chair", "--seed", "4", "--format", "glb,ply,gif,png,triplane", "--resolution", "16"]
     args += ["--threshold", str(thr), "--frames", "3", "--video-size", "32", "--steps", "2"]
     assert _cli(model_dir, tmp_path / "out", *args) == 0

@@ -18,6 +18,7 @@ from PIL import Image  # noqa: E402
 from triflow3d.cli import build_parser  # noqa: E402
 from triflow3d.errors import ConfigError  # noqa: E402
 from triflow3d.export import ExportOptions  # noqa: E402
+from triflow3d.pipeline import median_level, random_pipeline  # noqa: E402
 from triflow3d.serve import (  # noqa: E402
     DEFAULT_HOST,
     Limits,
@@ -26,8 +27,6 @@ from triflow3d.serve import (  # noqa: E402
     Session,
     check_upload,
     close_session,
-    median_level,
-    random_pipeline,
     validate_request,
 )
 
@@ -49,7 +48,7 @@ def app():
     torch.set_num_threads(1)
     pipe = random_pipeline()
     export = ExportOptions(
-        resolution=16, threshold=median_level(pipe), frames=3, video_size=32, views_size=32
+        resolution=16, threshold=median_level(pipe("calibration")[0]), frames=3, video_size=32, views_size=32
     )
     app = ServeApp(pipe, ServeConfig(limits=LIMITS, export=export))
     app.url = app.launch("127.0.0.1", free_port(), block=False, quiet=True)

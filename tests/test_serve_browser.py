@@ -28,7 +28,8 @@ websocket = pytest.importorskip("websocket", reason="the browser test drives Chr
 from PIL import Image  # noqa: E402
 
 from triflow3d.export import ExportOptions  # noqa: E402
-from triflow3d.serve import ServeApp, ServeConfig, median_level, random_pipeline  # noqa: E402
+from triflow3d.pipeline import median_level, random_pipeline  # noqa: E402
+from triflow3d.serve import ServeApp, ServeConfig  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated"
@@ -117,7 +118,7 @@ def app():
     torch.set_num_threads(1)
     pipe = random_pipeline()
     export = ExportOptions(
-        resolution=24, threshold=median_level(pipe), frames=3, video_size=32, views_size=48
+        resolution=24, threshold=median_level(pipe("calibration")[0]), frames=3, video_size=32, views_size=48
     )
     app = ServeApp(pipe, ServeConfig(export=export))
     with socket.socket() as s:

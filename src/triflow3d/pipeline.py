@@ -48,7 +48,7 @@ from triflow3d.models.text_encoder import (
     TextEncoder,
     make_text_encoder,
 )
-from triflow3d.models.triflow import TriFlow
+from triflow3d.models.triflow import TRIFLOW_PRESETS, TriFlow
 from triflow3d.utils.io import atomic_path
 
 DEFAULT_MODEL_DIR = WEIGHTS_DIR / "triflow-small"
@@ -502,6 +502,53 @@ def _load_reconstructor(
         raise CheckpointError(f"{folder}: cannot load its reconstructor {name!r}: {e}") from None
 
 
+# --- tiny random components (smoke runs, UI tests, benchmarks; never results) -------------------------
+RANDOM_TEXT_DIM = 32
+RANDOM_RECONSTRUCTOR = dict(  # overrides of lrm-small: planes 3 x 8 x 8 x 8 from 16-pixel views
+    num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=16, patch_size=8,
+    rendering_samples_per_ray=8,
+)  # fmt: skip
+
+
+def random_reconstructor(encoder_id: str = "random-tiny", seed: int = 0) -> TriplaneReconstructor:
+    """lrm-small's class at R = 8 with random weights."""
+    from triflow3d.encoders import resolve_config
+
+    return build_reconstructor(
+        resolve_config("lrm-small", RANDOM_RECONSTRUCTOR), encoder_id, seed=seed
+    ).eval()
+
+
+def random_triflow(seed: int = 0, text_dim: int = RANDOM_TEXT_DIM) -> TriFlow:
+    """TriFlow ``tiny`` at R = 8 with every weight drawn (adaLN-Zero would start at zero velocity)."""
+    params = dataclasses.replace(TRIFLOW_PRESETS["tiny"], plane_res=8, patch=2, text_dim=text_dim)
+    model = TriFlow(params)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def random_pipeline(seed: int = 0, encoder_id: str = "random-tiny", **parts: Any) -> TextTo3DPipeline:
+    """Tiny random-weight components (``random_triflow``, ``random_reconstructor``, a fake text encoder):
+    noise-shaped objects in well under a second. ``parts`` replace any ``TextTo3DPipeline`` argument."""
+    recon = random_reconstructor(encoder_id, seed)
+    defaults = dict(
+        model=random_triflow(seed), normalizer=LatentNormalizer(recon.triplane_shape[1], encoder_id=encoder_id),
+        text_encoder=FakeTextEncoder(RANDOM_TEXT_DIM), reconstructor=recon,
+        settings=SamplerSettings(steps=4, cfg=3.0),
+    )  # fmt: skip
+    return TextTo3DPipeline(**(defaults | parts))
+
+
+def median_level(gen: Generated, seed: int = 0) -> float:
+    """The median activated density of ``gen``'s field around the centre: a level a random field always
+    crosses, so meshes of random objects are never empty."""
+    xyz = torch.rand(1, 4096, 3, generator=torch.Generator().manual_seed(seed)) * 1.6 - 0.8
+    return float(gen.reconstructor.query(gen.planes(), xyz)["sigma"].median())
+
+
 __all__ = [
     "DEFAULT_MODEL_DIR",
     "Generated",
@@ -510,5 +557,7 @@ __all__ = [
     "build_text_encoder",
     "check_components",
     "load_bundled_reconstructor",
+    "median_level",
+    "random_pipeline",
     "text_encoder_spec",
 ]
