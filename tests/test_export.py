@@ -48,7 +48,9 @@ def colored_sphere() -> trimesh.Trimesh:
 
 def test_all_formats_written(exported):
     folder, res = exported
-    assert res.files == sorted(ex.FILE_NAMES[f] for f in ALL) and not res.warnings
+    assert res.files == [
+        "mesh.glb", "mesh.obj", "mesh.ply", "triplane.safetensors", "turntable.gif", "turntable.mp4", "views.png",
+    ] and not res.warnings  # fmt: skip
     assert res.vertices > 0 and res.faces > 0
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
 

@@ -217,8 +217,9 @@ def test_cfg_dropout_rate_and_empty_caption(latents, tmp_path, monkeypatch):
         TextTable, "__call__", lambda self, c, device: (seen.extend(c), call(self, c, device))[1]
     )
     trainer.fit()
-    expected = [draw(trainer.cfg, s, list(range(4)), (1,)).drop.tolist() for s in range(3)]
-    assert [c == "" for c in seen] == sum(expected, [])
+    # the seeded dropout pattern of steps 0, 1, 2 (batch 4), pinned: a change of the draw shows here
+    pinned = [True, False, False, False] + [False, False, True, False] + [False, True, True, False]
+    assert [c == "" for c in seen] == pinned
     assert 0 < seen.count("") < len(seen)
 
 
