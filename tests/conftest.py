@@ -1,4 +1,5 @@
-"""Shared test set-up: CPU only, fixed seeds, few threads, and the path to the shared parity data."""
+"""Shared test set-up: CPU only, fixed seeds, few threads, the parity data path, the tiny reconstructor
+and pipeline fixtures, and `--reverse` (run the tests in reverse order to show order dependence)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,14 @@ def tiny_pipeline():
         return random_pipeline(encoder_id="tiny-recon", **({"settings": settings} | parts))
 
     return make
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--reverse", action="store_true", help="run the tests in reverse order (shows order dependence)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
