@@ -144,7 +144,7 @@ def measure(model: Path, threads: int, n_prompts: int, bf16: bool) -> dict:
     }
 
 
-def random_pipeline(preset: str, device: str):
+def random_preset_pipeline(preset: str, device: str):
     """A TextTo3DPipeline of a random ``preset`` TriFlow, a random reconstructor of its triplane shape and
     a fake text encoder of its width, all on ``device`` (nothing saved or downloaded); fp32 (set
     ``.autocast`` for bf16)."""
@@ -241,7 +241,7 @@ def sampler_only(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     for preset in args.presets:
         head = {"preset": preset, "device": args.device}
-        pipe = random_pipeline(preset, args.device)
+        pipe = random_preset_pipeline(preset, args.device)
         for mode in args.modes:
             pipe.autocast = torch.bfloat16 if mode == "bf16" else None
             line = _guard(partial(time_sampler, pipe, args, mode), args.device, mode)
