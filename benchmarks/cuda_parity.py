@@ -68,9 +68,11 @@ def lift_check(device: str) -> dict:
     """A random lrm-small with the projective lift, CPU vs ``device`` (the lift's projection made non-zero)."""
     import dataclasses
 
-    from triflow3d.encoders import PRESETS, build_reconstructor
+    from triflow3d.encoders import RECONSTRUCTOR_PRESETS, build_reconstructor
 
-    model = build_reconstructor(dataclasses.replace(PRESETS["lrm-small"], lift_depth=16), seed=0).eval()
+    model = build_reconstructor(
+        dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], lift_depth=16), seed=0
+    ).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         model.lift.proj.weight.normal_(0.0, 0.02, generator=g)

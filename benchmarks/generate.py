@@ -77,13 +77,15 @@ def make_random_model(folder: Path) -> None:
 
     from triflow3d.encoders import load_reconstructor
     from triflow3d.latents import LatentNormalizer
-    from triflow3d.models import PRESETS, make_text_encoder
+    from triflow3d.models import TRIFLOW_PRESETS, make_text_encoder
     from triflow3d.pipeline import TextTo3DPipeline
 
     torch.manual_seed(0)
     recon = load_reconstructor("lrm-small", allow_random=True)
     _, c, r, _ = recon.triplane_shape
-    model = random_triflow(dataclasses.replace(PRESETS["small"], plane_channels=c, plane_res=r, text_dim=384))
+    model = random_triflow(
+        dataclasses.replace(TRIFLOW_PRESETS["small"], plane_channels=c, plane_res=r, text_dim=384)
+    )
     pipe = TextTo3DPipeline(
         model, LatentNormalizer(c, encoder_id="lrm-small"), make_text_encoder("minilm"), recon
     )
@@ -102,7 +104,7 @@ def measure(model: Path, threads: int, n_prompts: int, bf16: bool) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from triflow3d.export import save_mesh
+    from triflow3d.export import save_generated_mesh
     from triflow3d.pipeline import TextTo3DPipeline
 
     pipe = TextTo3DPipeline.from_pretrained(model, autocast=torch.bfloat16 if bf16 else None)
@@ -116,13 +118,13 @@ def measure(model: Path, threads: int, n_prompts: int, bf16: bool) -> dict:
             t1 = time.perf_counter()
             mesh = gen.to_mesh()  # default resolution 128 and level
             if len(mesh.faces):
-                save_mesh(mesh, Path(tmp) / f"{k}.glb")
+                save_generated_mesh(mesh, Path(tmp) / f"{k}.glb")
             sample.append(t1 - t0)
             mesh_default.append(time.perf_counter() - t1)
         t2 = time.perf_counter()  # once: the noise surface of the last object at its median density
         xyz = torch.rand(1, 20000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
         noise = gen.to_mesh(threshold=float(gen.reconstructor.query(gen.planes(), xyz)["sigma"].median()))
-        save_mesh(noise, Path(tmp) / "noise.glb")
+        save_generated_mesh(noise, Path(tmp) / "noise.glb")
         glb_noise, faces_noise = [time.perf_counter() - t2], [len(noise.faces)]
     med = lambda xs: round(sorted(xs)[len(xs) // 2], 3)  # noqa: E731
     return {
@@ -142,7 +144,7 @@ def measure(model: Path, threads: int, n_prompts: int, bf16: bool) -> dict:
     }
 
 
-def random_pipeline(preset: str, device: str):
+def random_preset_pipeline(preset: str, device: str):
     """A TextTo3DPipeline of a random ``preset`` TriFlow, a random reconstructor of its triplane shape and
     a fake text encoder of its width, all on ``device`` (nothing saved or downloaded); fp32 (set
     ``.autocast`` for bf16)."""
@@ -151,7 +153,7 @@ def random_pipeline(preset: str, device: str):
     from triflow3d.encoders import build_reconstructor, resolve_config
     from triflow3d.encoders.loading import finalize
     from triflow3d.latents import LatentNormalizer
-    from triflow3d.models import PRESETS, FakeTextEncoder
+    from triflow3d.models import TRIFLOW_PRESETS, FakeTextEncoder
     from triflow3d.pipeline import TextTo3DPipeline
 
     name, overrides = RECONSTRUCTOR_OF[preset]
@@ -159,7 +161,7 @@ def random_pipeline(preset: str, device: str):
         build_reconstructor(resolve_config(name, overrides), name, device), torch.float32, device
     )
     torch.manual_seed(0)
-    params = PRESETS[preset]
+    params = TRIFLOW_PRESETS[preset]
     text = FakeTextEncoder(dim=params.text_dim, max_length=77, device=device)
     normalizer = LatentNormalizer(params.plane_channels, encoder_id=name)
     return TextTo3DPipeline(random_triflow(params, device), normalizer, text, recon)
@@ -239,7 +241,7 @@ def sampler_only(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     for preset in args.presets:
         head = {"preset": preset, "device": args.device}
-        pipe = random_pipeline(preset, args.device)
+        pipe = random_preset_pipeline(preset, args.device)
         for mode in args.modes:
             pipe.autocast = torch.bfloat16 if mode == "bf16" else None
             line = _guard(partial(time_sampler, pipe, args, mode), args.device, mode)

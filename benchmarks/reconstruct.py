@@ -51,7 +51,7 @@ import torch
 from triflow3d.cameras import orbit_rig, zero123pp_rig
 from triflow3d.triplane import TriplaneField
 from triflow3d.triplane.mesh import coarse_to_fine_grid, extract_mesh, mesh_from_volume
-from triflow3d.triplane.volume import PRESETS, render_cameras
+from triflow3d.triplane.volume import RENDER_PRESETS, render_cameras
 
 PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity" / "instantmesh"
 
@@ -133,7 +133,7 @@ def time_render(
 def bench_render(field, planes, size: int, views: int, preset: str, repeats: int = 2) -> None:
     """Rays/s of the plain and fast paths (best of ``repeats``, interleaved: the machine is shared)."""
     rays = views * size * size
-    best, results = time_render(field, planes, size, views, PRESETS[preset], repeats)
+    best, results = time_render(field, planes, size, views, RENDER_PRESETS[preset], repeats)
     for fast in (False, True):
         print(
             f"  render {'fast ' if fast else 'plain'}: {rays / best[fast]:8.0f} rays/s  ({rays} rays, {best[fast]:.2f} s)"
@@ -240,7 +240,7 @@ def render_json(args: argparse.Namespace) -> None:
     dev = torch.device(args.device)
     field, planes = sphere_scene(args.features)
     field, planes = field.to(dev), planes.to(dev)
-    opts = PRESETS[args.preset]
+    opts = RENDER_PRESETS[args.preset]
     opts = dataclasses.replace(opts, chunk=args.chunk) if args.chunk else opts
     _reset_peak(dev)
     line = {"bench": "render", "device": str(dev), "preset": args.preset, "features": args.features,
@@ -301,7 +301,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=64, help="render size per view")
     ap.add_argument("--views", type=int, default=4)
-    ap.add_argument("--preset", default="instant-nerf-base", choices=sorted(PRESETS))
+    ap.add_argument("--preset", default="instant-nerf-base", choices=sorted(RENDER_PRESETS))
     ap.add_argument("--mesh-res", type=int, default=256)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense mesh reference")
     ap.add_argument("--parity", action="store_true", help="also run on the parity planes (C = 16)")

@@ -32,11 +32,11 @@ def free_port() -> int:
 
 def build_app(model: Path | None, resolution: int, video_size: int):
     from triflow3d.export import ExportOptions
-    from triflow3d.pipeline import TextTo3DPipeline
-    from triflow3d.serve import ServeApp, ServeConfig, median_level, random_pipeline
+    from triflow3d.pipeline import TextTo3DPipeline, median_level, random_pipeline
+    from triflow3d.serve import ServeApp, ServeConfig
 
     pipe = TextTo3DPipeline.from_pretrained(model) if model else random_pipeline()
-    threshold = None if model else median_level(pipe)
+    threshold = None if model else median_level(pipe("calibration")[0])
     export = ExportOptions(resolution=resolution, threshold=threshold, frames=24, video_size=video_size)
     return ServeApp(pipe, ServeConfig(export=export))
 

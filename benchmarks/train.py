@@ -45,9 +45,10 @@ from safetensors.torch import save_file
 from triflow3d.conventions import CONVENTIONS_VERSION, NUM_PLANES
 from triflow3d.data import latents as lt
 from triflow3d.models.text_encoder import FakeTextEncoder
-from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
-from triflow3d.train import PRESETS, Trainer
+from triflow3d.models.triflow import TRIFLOW_PRESETS as MODEL_PRESETS
+from triflow3d.train.config import PRESETS
 from triflow3d.train.draws import draw
+from triflow3d.train.trainer import Trainer
 from triflow3d.utils.efficiency import count_flops, efficiency, kernel_share, math_dtype
 
 

@@ -28,7 +28,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from triflow3d.models.triflow import PRESETS, TriFlow, count_params
+from triflow3d.models.triflow import TRIFLOW_PRESETS, TriFlow, count_params
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +63,7 @@ def measure(args: argparse.Namespace, arch: str, res: int) -> dict:
     torch.manual_seed(0)
     dev = torch.device(args.device)
     p = replace(
-        PRESETS[args.preset], arch=arch, plane_res=res, patch=args.patch, hidden=args.hidden,
+        TRIFLOW_PRESETS[args.preset], arch=arch, plane_res=res, patch=args.patch, hidden=args.hidden,
         heads=args.heads, num_latents=args.latents, plane_channels=args.channels,
     )  # fmt: skip
     model = TriFlow(p).to(dev)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the virtual environment and installs triflow3d with everything its tests and demo need.
-# torch is installed first and pinned to 2.13.0: that CPU build lies on the project machines' disk,
-# and any looser requirement would make pip download a multi-GB CUDA build.
+# torch is installed first, pinned to 2.13.0: that CPU build lies on the project machines' disk. The
+# package itself asks only for a range (torch>=2.4), which the installed torch satisfies, so pip keeps it
+# and never downloads a multi-GB CUDA build.
 set -euo pipefail
 venv=${1:-.venv}
 py=${2:-python3}
@@ -16,4 +17,4 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check "torch==2.13.0"
-"$venv/bin/pip" install -q --disable-pip-version-check -e ".[dev,text,train,export,serve]"
+"$venv/bin/pip" install -q --disable-pip-version-check -e ".[dev,train,serve]"

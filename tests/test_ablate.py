@@ -11,27 +11,26 @@ import pytest
 from triflow3d.ablate_cli import load_config
 from triflow3d.cli import main
 from triflow3d.encode import encode_folder
-from triflow3d.encoders import PRESETS, build_reconstructor, load_reconstructor, save_reconstructor
+from triflow3d.encoders import (
+    build_reconstructor,
+    load_reconstructor,
+    save_reconstructor,
+)
 from triflow3d.errors import ConfigError
-from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
+from triflow3d.models.triflow import TRIFLOW_PRESETS as MODEL_PRESETS
 from triflow3d.recon.synthetic import write_views_folder
 from triflow3d.train.ablate import match_dit, n_params
 
-TINY = dict(
-    encoder_feat_dim=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-    patch_size=8, image_size=16, transformer_dim=32, transformer_layers=1, transformer_heads=2,
-    triplane_low_res=4, triplane_high_res=8, triplane_dim=4, rendering_samples_per_ray=8,
-)  # fmt: skip
 EVAL = {"n_prompts": 2, "points": 64, "refs_per_category": 1, "views": 2, "image_size": 32,
         "resolution": 16, "recon_objects": 1, "steps": 2, "threshold": 0.5}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory) -> dict:
+def latents(tmp_path_factory, tiny_recon_config) -> dict:
     """6 objects encoded by a saved random tiny ``lrm-small`` (3 x 4 x 8 x 8 triplanes) + stats."""
     root = tmp_path_factory.mktemp("abl")
     write_views_folder(root / "views", list(range(6)), "zero123pp", 16)
-    cfg = dataclasses.replace(PRESETS["lrm-small"], **TINY)
+    cfg = tiny_recon_config
     save_reconstructor(build_reconstructor(cfg, encoder_id="lrm-small", seed=3), root / "enc")
     model = load_reconstructor("lrm-small", checkpoint=root / "enc")
     encode_folder(model, root / "views", root / "lat", dtype="fp32", shard_size=4, progress=False)

@@ -79,6 +79,24 @@ def test_round_trip_and_layout(views, tmp_path):
     assert LatentDataset(tmp_path, filter=lambda r: r["id"].endswith("1"))[0]["id"] == "sphere-00001"
 
 
+def test_latents_and_views_move_together(views, tmp_path):
+    """index rows name views folders relative to the latents folder; old absolute ones still read."""
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(views, root / "views")
+    _encode(root / "views", root / "latents")
+    assert lt.read_jsonl(root / "latents" / "index.jsonl")[0]["views_dir"] == "../views/sphere-00000"
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    item = LatentDataset(moved / "latents")[0]
+    assert Path(item["views_dir"]) == (moved / "views" / "sphere-00000").resolve()
+    assert (Path(item["views_dir"]) / "cameras.json").is_file()
+    old = {"views_dir": "/data/views/sphere-00000"}  # written before relative paths
+    assert lt.views_dir(moved / "latents", old) == "/data/views/sphere-00000"
+    assert lt.views_dir(moved / "latents", {}) == ""
+
+
 def test_fp16_storage(views, tmp_path):
     _encode(views, tmp_path, dtype="fp16")
     from safetensors import safe_open
@@ -201,21 +219,19 @@ def test_captions_override_and_missing_count(views, tmp_path):
     assert s2.no_caption == 5 and s2.encoded == 5
 
 
-def _tiny_checkpoint(path: Path) -> Path:
+def _tiny_checkpoint(path: Path, tiny: dict) -> Path:
     encoders = pytest.importorskip("triflow3d.encoders")
     pytest.importorskip("triflow3d.triplane.field")
-    from test_recon import TINY
-
-    cfg = encoders.resolve_config("lrm-small", TINY | {"image_size": 16, "patch_size": 8})
+    cfg = encoders.resolve_config("lrm-small", tiny)
     encoders.save_reconstructor(encoders.build_reconstructor(cfg, encoder_id="lrm-small"), path)
     return path
 
 
-def test_torchrun_two_processes(views, tmp_path):
+def test_torchrun_two_processes(views, tmp_path, tiny_recon):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not available")
-    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt", tiny_recon)
     out = tmp_path / "lat"
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "triflow3d.cli", "encode", str(views),
            "--encoder", f"lrm-small:{ckpt}", "--out", str(out), "--shard-size", "2", "--dtype", "fp32"]  # fmt: skip

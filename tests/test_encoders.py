@@ -14,7 +14,7 @@ from torch import nn
 
 from triflow3d import conventions as cv
 from triflow3d.encoders import (
-    PRESETS,
+    RECONSTRUCTOR_PRESETS,
     ReconstructorConfig,
     build_reconstructor,
     load_reconstructor,
@@ -30,7 +30,7 @@ TOL = dict(rtol=1e-4, atol=2e-4)  # the parity README's recommendation for fp32 
 
 def tiny_config(**kw) -> ReconstructorConfig:
     base = dict(num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=64)
-    return dataclasses.replace(PRESETS["lrm-small"], **(base | kw))
+    return dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], **(base | kw))
 
 
 # --- parity with upstream (shared data) ---------------------------------------------------------
@@ -134,7 +134,7 @@ def test_mesh_small_planes_match_upstream(parity_dir):
 def test_full_size_layout_matches_manifest(parity_dir, variant):
     manifest = json.loads((parity_dir / f"manifest_instant_{variant}.json").read_text())
     name = "instantmesh-" + variant.replace("_", "-")
-    model = build_reconstructor(PRESETS[name], device="meta")  # allocates nothing
+    model = build_reconstructor(RECONSTRUCTOR_PRESETS[name], device="meta")  # allocates nothing
     keys = [
         ["lrm_generator." + k, list(v.shape), str(v.dtype).removeprefix("torch.")]
         for k, v in model.state_dict().items()
@@ -142,7 +142,7 @@ def test_full_size_layout_matches_manifest(parity_dir, variant):
     assert keys == manifest["keys"]  # names, order, shapes, dtypes
     assert len(keys) == manifest["num_tensors"]
     assert sum(v.numel() for v in model.state_dict().values()) == manifest["total_parameters"]
-    assert ReconstructorConfig.from_dict(manifest) == PRESETS[name]
+    assert ReconstructorConfig.from_dict(manifest) == RECONSTRUCTOR_PRESETS[name]
 
 
 # --- configs ------------------------------------------------------------------------------------
@@ -153,15 +153,15 @@ def test_config_from_parity_json_and_round_trip(parity_dir):
     assert cfg.triplane_shape == (3, 16, 64, 64) and cfg.grid_scale == 2.1
     assert ReconstructorConfig.from_dict(cfg.to_dict()) == cfg
     assert (
-        ReconstructorConfig.from_dict(json.loads(json.dumps(PRESETS["lrm-small"].to_dict())))
-        == PRESETS["lrm-small"]
+        ReconstructorConfig.from_dict(json.loads(json.dumps(RECONSTRUCTOR_PRESETS["lrm-small"].to_dict())))
+        == RECONSTRUCTOR_PRESETS["lrm-small"]
     )
 
 
 def test_config_errors():
-    good = PRESETS["instantmesh-nerf-base"].to_dict()
+    good = RECONSTRUCTOR_PRESETS["instantmesh-nerf-base"].to_dict()
     extra = good | {"whatever": 1, "params": good["params"] | {"encoder_freeze": False}}
-    assert ReconstructorConfig.from_dict(extra) == PRESETS["instantmesh-nerf-base"]
+    assert ReconstructorConfig.from_dict(extra) == RECONSTRUCTOR_PRESETS["instantmesh-nerf-base"]
     missing = good | {"params": {k: v for k, v in good["params"].items() if k != "triplane_dim"}}
     with pytest.raises(ConfigError, match="triplane_dim"):
         ReconstructorConfig.from_dict(missing)
@@ -170,17 +170,18 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="encoder_vit_config"):
         ReconstructorConfig.from_dict({"params": good["params"]})
     with pytest.raises(ConfigError, match="divisible"):
-        dataclasses.replace(PRESETS["lrm-small"], transformer_heads=5)
+        dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], transformer_heads=5)
     with pytest.raises(ConfigError, match="hidden_size"):
-        dataclasses.replace(PRESETS["lrm-small"], encoder_feat_dim=64)
+        dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], encoder_feat_dim=64)
 
 
 def test_presets_and_specs():
-    assert PRESETS["instantmesh-nerf-large"].triplane_shape == (3, 80, 64, 64)
+    assert RECONSTRUCTOR_PRESETS["instantmesh-nerf-large"].triplane_shape == (3, 80, 64, 64)
     assert (
-        PRESETS["instantmesh-mesh-base"].kind == "mesh" and PRESETS["instantmesh-mesh-base"].grid_res == 128
+        RECONSTRUCTOR_PRESETS["instantmesh-mesh-base"].kind == "mesh"
+        and RECONSTRUCTOR_PRESETS["instantmesh-mesh-base"].grid_res == 128
     )
-    assert PRESETS["lrm-small"].triplane_shape == (3, 8, 32, 32)
+    assert RECONSTRUCTOR_PRESETS["lrm-small"].triplane_shape == (3, 8, 32, 32)
     assert parse_encoder_spec("instantmesh-nerf-large:/x/y.ckpt") == ("instantmesh-nerf-large", "/x/y.ckpt")
     assert parse_encoder_spec("lrm-small") == ("lrm-small", None)
     with pytest.raises(ConfigError, match="unknown reconstructor"):
@@ -273,7 +274,7 @@ def test_pickle_with_arbitrary_object_is_refused(tmp_path):
 
 
 def test_save_load_round_trip_lrm_small(tmp_path):
-    model = build_reconstructor(PRESETS["lrm-small"], encoder_id="lrm-small", seed=3).eval()
+    model = build_reconstructor(RECONSTRUCTOR_PRESETS["lrm-small"], encoder_id="lrm-small", seed=3).eval()
     out = save_reconstructor(model, tmp_path / "lrm-small")
     meta = json.loads((out / "config.json").read_text())
     assert meta["encoder_id"] == "lrm-small" and meta["conventions_version"] == cv.CONVENTIONS_VERSION
@@ -298,7 +299,7 @@ def test_shipped_lrm_small_loads():
     model = load_reconstructor("lrm-small")
     assert model.encoder_id == "lrm-small" and model.triplane_shape == (3, 8, 32, 32)
     # TODO(v3 ships): the shipped v2 predates the preset's input_alpha; compare the whole config then.
-    assert dataclasses.replace(model.config, input_alpha=True) == PRESETS["lrm-small"]
+    assert dataclasses.replace(model.config, input_alpha=True) == RECONSTRUCTOR_PRESETS["lrm-small"]
     assert (WEIGHTS_DIR / "lrm-small" / "model.safetensors").stat().st_size < 20e6  # the limit
 
 

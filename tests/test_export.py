@@ -14,23 +14,21 @@ import trimesh
 
 from triflow3d import export as ex
 from triflow3d.errors import ConfigError
+from triflow3d.pipeline import median_level
+from triflow3d.triplane.mesh import decimate_mesh
 
 ALL = ["glb", "obj", "ply", "mp4", "gif", "png", "triplane"]
 
 
 @pytest.fixture(scope="module")
-def gen():
-    from test_pipeline import tiny_pipeline
-
+def gen(tiny_pipeline):
     return tiny_pipeline()("a red chair", seed=0)[0]
 
 
 @pytest.fixture(scope="module")
 def opts(gen):
-    from test_pipeline import median_density
-
     return ex.ExportOptions(
-        resolution=16, threshold=median_density(gen), video_size=32, frames=4, views_size=24
+        resolution=16, threshold=median_level(gen), video_size=32, frames=4, views_size=24
     )
 
 
@@ -50,7 +48,9 @@ def colored_sphere() -> trimesh.Trimesh:
 
 def test_all_formats_written(exported):
     folder, res = exported
-    assert res.files == sorted(ex.FILE_NAMES[f] for f in ALL) and not res.warnings
+    assert res.files == [
+        "mesh.glb", "mesh.obj", "mesh.ply", "triplane.safetensors", "turntable.gif", "turntable.mp4", "views.png",
+    ] and not res.warnings  # fmt: skip
     assert res.vertices > 0 and res.faces > 0
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -110,14 +110,14 @@ def test_volume_preview_and_empty_mesh(tmp_path, gen, opts):
 
 def test_decimation_keeps_colours():
     sphere = colored_sphere()
-    small = ex.decimate_mesh(sphere, 200)
+    small = decimate_mesh(sphere, 200)
     assert 150 <= len(small.faces) <= 200 and small.visual.kind == "vertex"
     # every kept vertex's colour is its nearest original vertex's colour: close to the position ramp
     expected = np.round((small.vertices / 1.6 + 0.5) * 255)
     assert np.abs(np.asarray(small.visual.vertex_colors)[:, :3] - expected).mean() < 12
-    assert len(ex.decimate_mesh(sphere, 0.5).faces) <= len(sphere.faces) // 2 + 2
+    assert len(decimate_mesh(sphere, 0.5).faces) <= len(sphere.faces) // 2 + 2
     with pytest.raises(ConfigError):
-        ex.decimate_mesh(sphere, 1.5)
+        decimate_mesh(sphere, 1.5)
 
 
 def test_rasterize_uv_covers_triangles_once():
@@ -141,13 +141,13 @@ def test_textured_glb_and_obj(tmp_path):
     i = np.clip((part.uv[:, 1] * 64).astype(int), 0, 63)
     err = np.abs(part.texture[i, j, :3] / 255.0 - color_fn(part.vertices)).mean()
     assert err < 0.05
-    ex.save_mesh(part, tmp_path / "t.glb")
+    ex.save_generated_mesh(part, tmp_path / "t.glb")
     gltf = pygltflib.GLTF2().load(str(tmp_path / "t.glb"))
     assert len(gltf.images) == 1 and len(gltf.textures) == 1
     assert gltf.meshes[0].primitives[0].attributes.TEXCOORD_0 is not None
     loaded = trimesh.load(tmp_path / "t.glb", force="mesh")
     assert loaded.visual.kind == "texture" and loaded.visual.material.baseColorTexture.size == (64, 64)
-    ex.save_mesh(part, tmp_path / "t.obj")
+    ex.save_generated_mesh(part, tmp_path / "t.obj")
     assert (tmp_path / "t.mtl").is_file()
     obj = trimesh.load(tmp_path / "t.obj", force="mesh")
     assert obj.visual.kind == "texture" and len(obj.faces) == len(part.faces)

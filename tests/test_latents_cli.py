@@ -16,28 +16,27 @@ from PIL import Image
 from triflow3d.cli import main
 from triflow3d.data import LatentDataset
 from triflow3d.encode import encode_folder
-from triflow3d.encoders import PRESETS, build_reconstructor, load_reconstructor, save_reconstructor
+from triflow3d.encoders import (
+    build_reconstructor,
+    load_reconstructor,
+    save_reconstructor,
+)
 from triflow3d.latents import LatentNormalizer, LatentStats, batch_stats, spatial_weights
-from triflow3d.latents.cli import sample_indices
+from triflow3d.latents.folder import sample_indices
 from triflow3d.latents.report import feature_energy, pca_rgb
-from triflow3d.latents.weights import grid_points
 from triflow3d.recon.synthetic import write_views_folder
+from triflow3d.triplane.grid import grid_points
 
-TINY = dict(
-    encoder_feat_dim=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-    patch_size=8, image_size=16, transformer_dim=32, transformer_layers=1, transformer_heads=2,
-    triplane_low_res=4, triplane_high_res=8, triplane_dim=4, rendering_samples_per_ray=8,
-)  # fmt: skip
 GRID = 12
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> dict:
+def folder(tmp_path_factory, tiny_recon_config) -> dict:
     """6 objects encoded by a saved random tiny ``lrm-small`` into shards of 4 (fp32 storage)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("latents")
     write_views_folder(root / "views", list(range(6)), "zero123pp", 16)
-    cfg = dataclasses.replace(PRESETS["lrm-small"], **TINY)
+    cfg = tiny_recon_config
     save_reconstructor(build_reconstructor(cfg, encoder_id="lrm-small", seed=3), root / "enc")
     model = load_reconstructor("lrm-small", checkpoint=root / "enc")
     s = encode_folder(model, root / "views", root / "lat", dtype="fp32", shard_size=4, progress=False)
@@ -134,7 +133,7 @@ def test_weights_written_read_and_idempotent(folder, tmp_path, capsys):
     assert float(LatentDataset(lat)[0]["weights"].min()) == pytest.approx(0.2)
 
 
-def test_weights_stale_shard_recomputed_and_encoder_checked(folder, tmp_path, capsys):
+def test_weights_stale_shard_recomputed_and_encoder_checked(folder, tmp_path, capsys, tiny_recon_config):
     lat = _copy(folder, tmp_path)
     assert _weights(lat, folder) == 0
     capsys.readouterr()
@@ -148,7 +147,7 @@ def test_weights_stale_shard_recomputed_and_encoder_checked(folder, tmp_path, ca
     assert (_last_json(capsys)["computed"]) == 2
     # no weights for the default encoder name (lrm-small ships none here) / another model's config
     assert main(["latents", "weights", str(lat), "--grid", "4", "--encoder", "lrm-small"]) == 1
-    other = dataclasses.replace(PRESETS["lrm-small"], **(TINY | {"intermediate_size": 32}))
+    other = dataclasses.replace(tiny_recon_config, intermediate_size=32)
     save_reconstructor(build_reconstructor(other, encoder_id="lrm-small"), tmp_path / "other")
     assert main(["latents", "weights", str(lat), "--encoder", f"lrm-small:{tmp_path / 'other'}"]) == 1
     assert "latents were made by" in capsys.readouterr().err

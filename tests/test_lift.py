@@ -11,7 +11,7 @@ import torch
 from triflow3d import conventions as cv
 from triflow3d.cameras import pixel_rays, project_points, random_rig, zero123pp_rig
 from triflow3d.encoders import (
-    PRESETS,
+    RECONSTRUCTOR_PRESETS,
     ReconstructorConfig,
     build_reconstructor,
     load_reconstructor,
@@ -26,7 +26,7 @@ TINY |= dict(plane_lift_depth=0)  # the lifts are switched on per test
 
 
 def tiny(**kw) -> ReconstructorConfig:
-    return dataclasses.replace(PRESETS["lrm-small"], **(TINY | kw))
+    return dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], **(TINY | kw))
 
 
 def test_project_points_inverts_pixel_rays():
@@ -164,9 +164,9 @@ def test_config_round_trip_and_validation():
     cfg = tiny(lift_depth=6, plane_lift_depth=5)
     back = ReconstructorConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert (back.lift_depth, back.plane_lift_depth) == (6, 5)
-    assert PRESETS["instantmesh-nerf-large"].lift_depth == 0
-    assert PRESETS["instantmesh-nerf-large"].plane_lift_depth == 0
-    assert not PRESETS["instantmesh-nerf-large"].input_alpha
+    assert RECONSTRUCTOR_PRESETS["instantmesh-nerf-large"].lift_depth == 0
+    assert RECONSTRUCTOR_PRESETS["instantmesh-nerf-large"].plane_lift_depth == 0
+    assert not RECONSTRUCTOR_PRESETS["instantmesh-nerf-large"].input_alpha
     assert ReconstructorConfig.from_dict(json.loads(json.dumps(tiny().to_dict()))).input_alpha
     for name in ("lift_depth", "plane_lift_depth"):
         with pytest.raises(ConfigError):

@@ -13,53 +13,20 @@ import torch
 import trimesh
 
 from triflow3d.cli import main
-from triflow3d.encoders import PRESETS as RECON_PRESETS
-from triflow3d.encoders import build_reconstructor
+from triflow3d.encoders import RECONSTRUCTOR_PRESETS, build_reconstructor
 from triflow3d.errors import CheckpointError, ConfigError
 from triflow3d.evaluation.geometry import fragmentation
 from triflow3d.latents import LatentNormalizer
-from triflow3d.models import PRESETS, FakeTextEncoder, TriFlow
-from triflow3d.pipeline import SamplerSettings, TextTo3DPipeline
+from triflow3d.models import FakeTextEncoder
+from triflow3d.pipeline import SamplerSettings, TextTo3DPipeline, median_level, random_triflow
 from triflow3d.train import checkpoint as ck
 
 ENCODER_ID = "tiny-recon"
 TEXT_DIM = 32
 
 
-def tiny_reconstructor(encoder_id: str = ENCODER_ID, seed: int = 0):
-    """lrm-small's class at R = 8: planes 3 x 8 x 8 x 8."""
-    base = dict(num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=16, patch_size=8)
-    cfg = dataclasses.replace(RECON_PRESETS["lrm-small"], rendering_samples_per_ray=8, **base)
-    return build_reconstructor(cfg, encoder_id=encoder_id, seed=seed).eval()
-
-
-def tiny_model(seed: int = 0, text_dim: int = TEXT_DIM) -> TriFlow:
-    """The tiny preset at R = 8, weights re-drawn so the velocity is not zero (adaLN-Zero init is)."""
-    params = dataclasses.replace(PRESETS["tiny"], plane_res=8, patch=2, text_dim=text_dim)
-    model = TriFlow(params)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
-
-
-def tiny_pipeline(**kw) -> TextTo3DPipeline:
-    norm = LatentNormalizer(8, encoder_id=ENCODER_ID)
-    settings = SamplerSettings(steps=3, cfg=3.0)
-    parts = dict(model=tiny_model(), normalizer=norm, text_encoder=FakeTextEncoder(TEXT_DIM),
-                 reconstructor=tiny_reconstructor(), settings=settings) | kw  # fmt: skip
-    return TextTo3DPipeline(**parts)
-
-
-def median_density(gen) -> float:
-    """A level the random field crosses, so tiny meshes are never empty."""
-    xyz = torch.rand(1, 4096, 3, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
-    return float(gen.reconstructor.query(gen.planes(), xyz)["sigma"].median())
-
-
 @pytest.fixture(scope="module")
-def pipe() -> TextTo3DPipeline:
+def pipe(tiny_pipeline) -> TextTo3DPipeline:
     return tiny_pipeline()
 
 
@@ -103,7 +70,7 @@ def test_euler_and_heun(pipe):
     )
 
 
-def test_bf16_autocast_is_close_and_deterministic(pipe):
+def test_bf16_autocast_is_close_and_deterministic(pipe, tiny_pipeline):
     ref = pipe("a chair", seed=1)[0].triplane
     fast = tiny_pipeline(autocast=torch.bfloat16)
     a, b = fast("a chair", seed=1)[0].triplane, fast("a chair", seed=1)[0].triplane
@@ -111,7 +78,7 @@ def test_bf16_autocast_is_close_and_deterministic(pipe):
     assert 0 < (a - ref).abs().max() < 0.1 * ref.abs().max()
 
 
-def test_guidance_text_and_denormalisation_matter(pipe):
+def test_guidance_text_and_denormalisation_matter(pipe, tiny_pipeline):
     base = pipe("a chair", seed=2)[0].triplane
     assert (pipe("a chair", seed=2, cfg=1.0)[0].triplane - base).abs().max() > 1e-4
     assert (pipe("a lamp", seed=2)[0].triplane - base).abs().max() > 1e-4
@@ -124,10 +91,10 @@ def test_guidance_text_and_denormalisation_matter(pipe):
     assert (centred - base).abs().max() > 1e-4
 
 
-def test_unconditional_is_the_null_condition_of_training():
+def test_unconditional_is_the_null_condition_of_training(tiny_pipeline):
     """Training drops a caption to "" (TextTable, centred); sampling without a prompt uses exactly that
     embedding, with no guidance: the same velocity as the unconditional branch of CFG (cfg 0)."""
-    from triflow3d.train.trainer import TextTable
+    from triflow3d.train.text import TextTable
 
     encoder = FakeTextEncoder(TEXT_DIM)
     table = TextTable(encoder, ["a red chair", "a blue mug"], center=True)
@@ -156,12 +123,12 @@ def test_bad_prompts_and_seeds(pipe):
         pipe("a chair", sampler="rk4")
 
 
-def test_components_must_agree():
+def test_components_must_agree(tiny_pipeline):
     with pytest.raises(CheckpointError, match="width 16"):
         tiny_pipeline(text_encoder=FakeTextEncoder(16))
     with pytest.raises(CheckpointError, match="other-recon"):
         tiny_pipeline(normalizer=LatentNormalizer(8, encoder_id="other-recon"))
-    small = build_reconstructor(dataclasses.replace(RECON_PRESETS["lrm-small"], triplane_low_res=2))
+    small = build_reconstructor(dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], triplane_low_res=2))
     with pytest.raises(CheckpointError, match="expects"):
         tiny_pipeline(reconstructor=small)
 
@@ -169,10 +136,10 @@ def test_components_must_agree():
 # --- the generated object -----------------------------------------------------------------------------
 def test_mesh_render_and_turntable(pipe):
     gen = pipe("a red chair", seed=0)[0]
-    mesh = gen.to_mesh(resolution=16, threshold=median_density(gen))
+    mesh = gen.to_mesh(resolution=16, threshold=median_level(gen))
     assert len(mesh.faces) > 50 and mesh.visual.kind == "vertex"
     assert np.abs(mesh.vertices).max() <= 1.0 + 1e-6
-    fewer = gen.to_mesh(resolution=16, threshold=median_density(gen), decimate=len(mesh.faces) // 4)
+    fewer = gen.to_mesh(resolution=16, threshold=median_level(gen), decimate=len(mesh.faces) // 4)
     assert 0 < len(fewer.faces) < len(mesh.faces) / 2 and fewer.visual.kind == "vertex"
     from triflow3d.cameras import orbit_rig
 
@@ -202,7 +169,7 @@ def test_save_and_load_round_trip(pipe, model_dir):
 
 
 def test_loads_a_trainer_checkpoint_with_ema(tmp_path, pipe):
-    ema = tiny_model(seed=1)
+    ema = random_triflow(seed=1)
     config = pipe.checkpoint_config()
     config.pop("reconstructor")
     config.pop("sampling")
@@ -238,7 +205,7 @@ def _cli(model_dir: Path, out: Path, *extra: str) -> int:
 
 
 def test_cli_generates_files(tmp_path, model_dir, pipe, capsys):
-    thr = median_density(pipe("a red chair", seed=4)[0])
+    thr = median_level(pipe("a red chair", seed=4)[0])
     args = ["a red chair", "--seed", "4", "--format", "glb,ply,gif,png,triplane", "--resolution", "16"]
     args += ["--threshold", str(thr), "--frames", "3", "--video-size", "32", "--steps", "2"]
     assert _cli(model_dir, tmp_path / "out", *args) == 0
@@ -310,7 +277,7 @@ def test_cli_bad_input_leaves_nothing(tmp_path, model_dir, monkeypatch, capsys, 
 
 
 def test_cli_unconditional_and_drop_floaters(tmp_path, model_dir, pipe, capsys):
-    thr = median_density(pipe.unconditional(1, seed=0)[0])
+    thr = median_level(pipe.unconditional(1, seed=0)[0])
     args = ["--unconditional", "--n", "2", "--format", "ply", "--resolution", "16", "--threshold", str(thr)]
     assert _cli(model_dir, tmp_path / "u", *args) == 0
     folders = sorted(p.name for p in (tmp_path / "u").glob("00*"))

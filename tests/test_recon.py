@@ -15,13 +15,6 @@ from triflow3d.recon.eval import psnr, silhouette_iou
 from triflow3d.recon.synthetic import random_spheres, write_views_folder
 from triflow3d.recon.train import DataCursor, ReconTrainConfig, recon_lr_at
 
-# A few-thousand-parameter stand-in for lrm-small (overrides of the preset).
-TINY = dict(
-    encoder_feat_dim=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-    patch_size=8, image_size=16, transformer_dim=32, transformer_layers=1, transformer_heads=2,
-    triplane_low_res=4, triplane_high_res=8, triplane_dim=4, rendering_samples_per_ray=8,
-)  # fmt: skip
-
 
 def _needs_renderer():
     pytest.importorskip("triflow3d.encoders")
@@ -137,12 +130,12 @@ def test_metrics():
     assert silhouette_iou(al, m).tolist() == [0.5, 1.0]
 
 
-def _train_cli(folders, out: Path, steps: int, resume: bool = False, extra=()) -> dict:
+def _train_cli(folders, tiny: dict, out: Path, steps: int, resume: bool = False, extra=()) -> dict:
     from triflow3d.cli import main
 
     inputs, sup = folders
     argv = ["recon", "train", "--data", str(inputs), "--supervision", str(sup), "--out", str(out),
-            "--model-config", json.dumps(TINY), "--steps", str(steps), "--batch", "2", "--rays", "64",
+            "--model-config", json.dumps(tiny), "--steps", str(steps), "--batch", "2", "--rays", "64",
             "--sup-size", "16", "--warmup", "2", "--ckpt-every", "2", "--log-every", "1", *extra]  # fmt: skip
     assert main(argv + (["--resume"] if resume else [])) == 0
     return {k: v for k, v in _weights(out).items()}
@@ -156,13 +149,13 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(latest_checkpoint(run) / "model" / "model.safetensors")
 
 
-def test_resume_is_exact(folders, tmp_path):
+def test_resume_is_exact(folders, tmp_path, tiny_recon):
     _needs_renderer()
     from safetensors.torch import load_file
 
-    straight = _train_cli(folders, tmp_path / "a", 4)
-    _train_cli(folders, tmp_path / "b", 2)
-    resumed = _train_cli(folders, tmp_path / "b", 4, resume=True)
+    straight = _train_cli(folders, tiny_recon, tmp_path / "a", 4)
+    _train_cli(folders, tiny_recon, tmp_path / "b", 2)
+    resumed = _train_cli(folders, tiny_recon, tmp_path / "b", 4, resume=True)
     assert straight.keys() == resumed.keys()
     worst = max((straight[k] - resumed[k]).abs().max().item() for k in straight)
     assert worst <= 1e-6
@@ -196,18 +189,18 @@ def test_train_device_flag(folders, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_training_on_cuda_follows_the_cpu_run(folders, tmp_path):
+def test_training_on_cuda_follows_the_cpu_run(folders, tmp_path, tiny_recon):
     """The host loop: same rays and jitter (CPU generators) on both devices, so the weights after 3 steps
     agree closely, and a CUDA run resumed on the CPU continues."""
     _needs_renderer()
-    cpu = _train_cli(folders, tmp_path / "cpu", 3)
-    gpu = _train_cli(folders, tmp_path / "gpu", 3, extra=["--device", "cuda", "--loop", "host"])
+    cpu = _train_cli(folders, tiny_recon, tmp_path / "cpu", 3)
+    gpu = _train_cli(folders, tiny_recon, tmp_path / "gpu", 3, extra=["--device", "cuda", "--loop", "host"])
     assert max((cpu[k] - gpu[k]).abs().max().item() for k in cpu) < 1e-3
-    _train_cli(folders, tmp_path / "gpu", 4, resume=True, extra=["--loop", "host"])
+    _train_cli(folders, tiny_recon, tmp_path / "gpu", 4, resume=True, extra=["--loop", "host"])
     assert (tmp_path / "gpu" / "checkpoints" / "step_0000004").is_dir()
 
 
-def test_samples_and_render_path_reach_the_renderer(folders, monkeypatch):
+def test_samples_and_render_path_reach_the_renderer(folders, monkeypatch, tiny_recon):
     """``--samples`` / ``--no-fast-render`` set the options the training rays are rendered with."""
     _needs_renderer()
     import triflow3d.triplane.volume as volume
@@ -216,7 +209,7 @@ def test_samples_and_render_path_reach_the_renderer(folders, monkeypatch):
 
     inputs, sup = folders
     data = load_recon_data([inputs], [sup], 16, 16)
-    model = build_reconstructor(resolve_config("lrm-small", TINY), encoder_id="lrm-small")
+    model = build_reconstructor(resolve_config("lrm-small", tiny_recon), encoder_id="lrm-small")
     seen = []
     real = volume.render_rays
     monkeypatch.setattr(volume, "render_rays", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
@@ -227,48 +220,48 @@ def test_samples_and_render_path_reach_the_renderer(folders, monkeypatch):
     ):
         loss_on_batch(model, data, torch.tensor([0, 1]), cfg, g)["loss"].backward()
     own, dense = seen
-    assert (own.samples_coarse, own.samples_importance, own.fast) == (4, 4, True)  # TINY: 8 per ray
+    assert (own.samples_coarse, own.samples_importance, own.fast) == (4, 4, True)  # tiny_recon: 8 per ray
     assert (dense.samples_coarse, dense.samples_importance, dense.fast) == (6, 6, False)
 
 
-def test_a_run_saved_before_a_new_setting_existed_resumes(folders, tmp_path):
+def test_a_run_saved_before_a_new_setting_existed_resumes(folders, tmp_path, tiny_recon):
     """A train_config.json without a field added later resumes with that field's default."""
     _needs_renderer()
-    _train_cli(folders, tmp_path / "old", 1)
+    _train_cli(folders, tiny_recon, tmp_path / "old", 1)
     path = tmp_path / "old" / "train_config.json"
     saved = json.loads(path.read_text())
     del saved["train"]["fast_render"]
     path.write_text(json.dumps(saved))
-    _train_cli(folders, tmp_path / "old", 2, resume=True)
+    _train_cli(folders, tiny_recon, tmp_path / "old", 2, resume=True)
     assert (tmp_path / "old" / "checkpoints" / "step_0000002").is_dir()
 
 
-def test_resume_refuses_changed_settings(folders, tmp_path):
+def test_resume_refuses_changed_settings(folders, tmp_path, tiny_recon):
     _needs_renderer()
     from triflow3d.cli import main
 
-    _train_cli(folders, tmp_path / "r", 1)
+    _train_cli(folders, tiny_recon, tmp_path / "r", 1)
     inputs, _ = folders
     argv = ["recon", "train", "--data", str(inputs), "--out", str(tmp_path / "r"), "--model-config",
-            json.dumps(TINY), "--steps", "2", "--rays", "32", "--resume"]  # fmt: skip
+            json.dumps(tiny_recon), "--steps", "2", "--rays", "32", "--resume"]  # fmt: skip
     assert main(argv) == 1  # ConfigError: rays / batch differ
 
 
-def test_training_reduces_loss(folders, tmp_path):
+def test_training_reduces_loss(folders, tmp_path, tiny_recon):
     _needs_renderer()
-    _train_cli(folders, tmp_path / "t", 24, extra=["--lr", "3e-3", "--ckpt-every", "24"])
+    _train_cli(folders, tiny_recon, tmp_path / "t", 24, extra=["--lr", "3e-3", "--ckpt-every", "24"])
     log = [json.loads(x) for x in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
     first = sum(r["loss"] for r in log[:3]) / 3
     last = sum(r["loss"] for r in log[-5:]) / 5
     assert last < 0.8 * first
 
 
-def test_eval_json_and_export(folders, tmp_path, capsys):
+def test_eval_json_and_export(folders, tmp_path, capsys, tiny_recon):
     _needs_renderer()
     from triflow3d.cli import main
 
     inputs, sup = folders
-    _train_cli(folders, tmp_path / "run", 2)
+    _train_cli(folders, tiny_recon, tmp_path / "run", 2)
     dest = tmp_path / "weights"
     assert main(["recon", "export", "--run", str(tmp_path / "run"), "--export", str(dest)]) == 0
     assert (dest / "model.safetensors").exists() and "Training command" in (
@@ -315,12 +308,12 @@ def test_greyscale_sensitivity_of_a_colour_blind_and_a_colour_copying_model():
     assert greyscale_summary(sums) == {"planes_change": 0.2, "colour_ratio": 0.125}
 
 
-def test_reconstruct_views_folder(folders, tmp_path, capsys):
+def test_reconstruct_views_folder(folders, tmp_path, tiny_recon, capsys):
     _needs_renderer()
     from triflow3d.cli import main
 
     inputs, _ = folders
-    _train_cli(folders, tmp_path / "run", 1)
+    _train_cli(folders, tiny_recon, tmp_path / "run", 1)
     dest = tmp_path / "weights"
     assert main(["recon", "export", "--run", str(tmp_path / "run"), "--export", str(dest)]) == 0
     out = tmp_path / "rec"
@@ -328,7 +321,7 @@ def test_reconstruct_views_folder(folders, tmp_path, capsys):
             "--out", str(out), "--resolution", "16", "--renders", "2"]  # fmt: skip
     assert main(argv) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["size"] == TINY["image_size"]  # renders default to the encoder's input size
+    assert line["size"] == tiny_recon["image_size"]  # renders default to the encoder's input size
     assert list(line["seconds"]) == ["load", "views", "encode", "mesh", "render", "save"]
     assert (out / "mesh.glb").exists() and sorted(p.name for p in out.glob("render_*.png")) == [
         "render_000.png",

@@ -298,7 +298,7 @@ def test_sharding_and_merge(tmp_path, stage_renderer):
     out, cfg = tmp_path / "out", views.ViewsConfig(rig="orbit:1", size=16)
     for rank in range(2):
         views.render_all(stage_renderer, sources, out, cfg, rank=rank, world_size=2)
-    assert len((out / "manifest.rank0.jsonl").read_text().splitlines()) == 2
+    assert len((out / "manifest-r000.jsonl").read_text().splitlines()) == 2
     merged = views.merge_manifests(out)
     assert [json.loads(x)["id"] for x in merged.read_text().splitlines()] == ["m0", "m1", "m2"]
 

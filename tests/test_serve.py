@@ -18,6 +18,7 @@ from PIL import Image  # noqa: E402
 from triflow3d.cli import build_parser  # noqa: E402
 from triflow3d.errors import ConfigError  # noqa: E402
 from triflow3d.export import ExportOptions  # noqa: E402
+from triflow3d.pipeline import median_level, random_pipeline  # noqa: E402
 from triflow3d.serve import (  # noqa: E402
     DEFAULT_HOST,
     Limits,
@@ -26,8 +27,6 @@ from triflow3d.serve import (  # noqa: E402
     Session,
     check_upload,
     close_session,
-    median_level,
-    random_pipeline,
     validate_request,
 )
 
@@ -49,7 +48,7 @@ def app():
     torch.set_num_threads(1)
     pipe = random_pipeline()
     export = ExportOptions(
-        resolution=16, threshold=median_level(pipe), frames=3, video_size=32, views_size=32
+        resolution=16, threshold=median_level(pipe("calibration")[0]), frames=3, video_size=32, views_size=32
     )
     app = ServeApp(pipe, ServeConfig(limits=LIMITS, export=export))
     app.url = app.launch("127.0.0.1", free_port(), block=False, quiet=True)
@@ -135,9 +134,11 @@ def test_session_cleanup(tmp_path):
 
 
 # --- the running app ------------------------------------------------------------------------------
-def test_generate_through_the_http_api(app, client):
+def test_generate_through_the_http_api(app):
     import trimesh
 
+    client = Client(app.url, verbose=False)  # a new browser session, whatever ran before
+    before = set(app.root.glob("session-*"))
     glb, video, files, info, gallery = client.predict("a red chair", 3, 4, 2.5, "euler", api_name="/generate")
     mesh = trimesh.load(glb, force="mesh")
     assert len(mesh.faces) > 50 and np.abs(mesh.vertices).max() <= 1.0 + 1e-5
@@ -145,8 +146,9 @@ def test_generate_through_the_http_api(app, client):
     assert sorted(Path(f).name for f in files) == ["info.json", "mesh.glb", "mesh.obj", "mesh.ply"]
     assert "a red chair" in info and "seed 3" in info and "steps 4" in info and "cfg 2.5" in info
     assert [g["caption"] for g in gallery] == ["a red chair (seed 3)"]
-    # the server side: one session folder under the app's own root, holding the object's files
-    (folder,) = [p for p in app.root.glob("session-*/*") if p.is_dir()]
+    # the server side: one new session folder under the app's own root, holding the object's files
+    (session,) = set(app.root.glob("session-*")) - before
+    (folder,) = [p for p in session.iterdir() if p.is_dir()]
     assert {"mesh.glb", "turntable.mp4", "views.png", "info.json"} <= {p.name for p in folder.iterdir()}
     # same client = same session: the gallery grows; the same seed gives the same mesh
     again = client.predict("a red chair", 3, 4, 2.5, "euler", api_name="/generate")

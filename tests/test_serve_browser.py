@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import time
 import urllib.request
@@ -28,7 +29,8 @@ websocket = pytest.importorskip("websocket", reason="the browser test drives Chr
 from PIL import Image  # noqa: E402
 
 from triflow3d.export import ExportOptions  # noqa: E402
-from triflow3d.serve import ServeApp, ServeConfig, median_level, random_pipeline  # noqa: E402
+from triflow3d.pipeline import median_level, random_pipeline  # noqa: E402
+from triflow3d.serve import ServeApp, ServeConfig  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated"
@@ -117,7 +119,7 @@ def app():
     torch.set_num_threads(1)
     pipe = random_pipeline()
     export = ExportOptions(
-        resolution=24, threshold=median_level(pipe), frames=3, video_size=32, views_size=48
+        resolution=24, threshold=median_level(pipe("calibration")[0]), frames=3, video_size=32, views_size=48
     )
     app = ServeApp(pipe, ServeConfig(export=export))
     with socket.socket() as s:
@@ -202,7 +204,15 @@ def _drawn(page: Page, canvas: dict) -> float | None:
 
 
 def test_session_folder_is_private(app):
-    """Generated files live only under the app's own temporary root, one folder per session."""
-    sessions = [p for p in app.root.iterdir() if p.is_dir()]
-    assert sessions and all(p.name.startswith("session-") for p in sessions)
-    assert all(Path(p).resolve().is_relative_to(app.root.resolve()) for p in sessions)
+    """Each session writes into its own folder under the app's temporary root, which other users cannot
+    list, and closing the session removes it (runs with or without the browser test before it)."""
+    glb, *_, session = app.generate("a blue mug", 2, 2, 3.0, "euler", None)
+    other = app.generate("a red chair", 3, 2, 3.0, "euler", None)[-1]  # a new browser session
+    assert session.folder != other.folder
+    for s in (session, other):
+        assert s.folder.parent == app.root and s.folder.name.startswith("session-")
+        assert stat.S_IMODE(s.folder.stat().st_mode) == 0o700
+    assert Path(glb).is_file() and Path(glb).resolve().is_relative_to(session.folder.resolve())
+    assert stat.S_IMODE(app.root.stat().st_mode) == 0o700
+    session.close()
+    assert not session.folder.exists() and other.folder.is_dir()

@@ -135,14 +135,14 @@ def test_hf_encoder_loads_local_folder(kind, tmp_path):
 
 
 def test_text_table_stands_in_for_its_encoder(tmp_path):
-    from triflow3d.models.text_encoder import FakeTextEncoder, make_text_encoder
-    from triflow3d.models.text_table import save_text_table
+    from triflow3d.models.text_encoder import FakeTextEncoder
+    from triflow3d.models.text_table import open_text_encoder, save_text_table
 
     enc = FakeTextEncoder(dim=32)
     texts = ["a red chair", "a blue car with four wheels"]
     for dtype, tol in (("int8", 0.02), ("fp16", 1e-3)):
         path = save_text_table(enc, texts, tmp_path / f"{dtype}.safetensors", dtype, kind="fake")
-        table = make_text_encoder("fake", path)
+        table = open_text_encoder("fake", path)
         assert (table.name, table.dim, table.max_length) == (enc.name, enc.dim, enc.max_length)
         got, want = table([*texts, ""]), enc([*texts, ""])
         assert torch.equal(got.mask, want.mask)
@@ -151,4 +151,4 @@ def test_text_table_stands_in_for_its_encoder(tmp_path):
         with pytest.raises(ConfigError, match="lacks 1 text"):
             table(["a green lamp"])
         with pytest.raises(ConfigError, match="not 'minilm'"):
-            make_text_encoder("minilm", path)
+            open_text_encoder("minilm", path)

@@ -19,12 +19,14 @@ from triflow3d import cameras as cam
 from triflow3d.conventions import CONVENTIONS_VERSION
 from triflow3d.data import latents as lt
 from triflow3d.errors import ConfigError
-from triflow3d.train import PRESETS, Trainer, TrainingDivergedError, load_model
+from triflow3d.models.model_folder import load_model
 from triflow3d.train import checkpoint as ck
 from triflow3d.train.batches import BatchPlan
+from triflow3d.train.config import PRESETS
 from triflow3d.train.draws import draw
 from triflow3d.train.optim import lr_at
 from triflow3d.train.text import TextTable
+from triflow3d.train.trainer import Trainer, TrainingDivergedError
 
 SHAPE = (3, 8, 16, 16)  # the tiny TriFlow preset's triplanes
 CATEGORIES = ("chair", "car")
@@ -219,8 +221,9 @@ def test_cfg_dropout_rate_and_empty_caption(latents, tmp_path, monkeypatch):
         TextTable, "__call__", lambda self, c, device: (seen.extend(c), call(self, c, device))[1]
     )
     trainer.fit()
-    expected = [draw(trainer.cfg, s, list(range(4)), (1,)).drop.tolist() for s in range(3)]
-    assert [c == "" for c in seen] == sum(expected, [])
+    # the seeded dropout pattern of steps 0, 1, 2 (batch 4), pinned: a change of the draw shows here
+    pinned = [True, False, False, False] + [False, False, True, False] + [False, True, True, False]
+    assert [c == "" for c in seen] == pinned
     assert 0 < seen.count("") < len(seen)
 
 

@@ -10,10 +10,10 @@ import torch
 
 from triflow3d.errors import ConfigError
 from triflow3d.flow import interpolate, rf_loss, velocity_target
-from triflow3d.models import MODELS, PRESETS, TriFlow, TriFlowParams, count_params
+from triflow3d.models import MODELS, TRIFLOW_PRESETS, TriFlow, TriFlowParams, count_params
 from triflow3d.models.blocks import DiTBlock, FuseBlock, MMDiTBlock
 
-TINY = PRESETS["tiny"]
+TINY = TRIFLOW_PRESETS["tiny"]
 
 
 def inputs(p: TriFlowParams, b: int = 2, length: int = 5, seed: int = 0):
@@ -35,9 +35,9 @@ def perturbed(p: TriFlowParams, seed: int = 1) -> TriFlow:
     return model
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", list(TRIFLOW_PRESETS))
 def test_output_shape_every_preset(name):
-    p = PRESETS[name]
+    p = TRIFLOW_PRESETS[name]
     device = "cpu" if name in ("tiny", "tiny-dit", "small") else "meta"
     with torch.device(device):
         model = TriFlow(p)
@@ -50,7 +50,7 @@ def test_output_shape_every_preset(name):
 
 def test_param_counts_match_docs_order_of_magnitude():
     with torch.device("meta"):
-        paper, small = TriFlow(PRESETS["paper"]), TriFlow(PRESETS["small"])
+        paper, small = TriFlow(TRIFLOW_PRESETS["paper"]), TriFlow(TRIFLOW_PRESETS["small"])
     assert 300e6 < count_params(paper) < 400e6  # research/paper.md s5.3 estimate: ~0.34 B
     assert 5e6 < count_params(small) < 20e6
 
@@ -118,7 +118,7 @@ def test_text_conditions_output_and_padding_is_masked(arch):
 
 
 def test_dit_baseline_runs_and_trains():
-    p = PRESETS["tiny-dit"]
+    p = TRIFLOW_PRESETS["tiny-dit"]
     model = TriFlow(p)
     assert p.joint_streams == ("triplane", "text") and not hasattr(model, "latents")
     v = model(*inputs(p))

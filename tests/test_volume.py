@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from triflow3d.cameras import orbit_rig
 from triflow3d.triplane import TriplaneField
-from triflow3d.triplane.volume import PRESETS, RenderOptions, render_cameras
+from triflow3d.triplane.volume import RENDER_PRESETS, RenderOptions, render_cameras
 
 TINY = RenderOptions(samples_coarse=16, samples_importance=16, chunk=512)
 PLAIN = dataclasses.replace(TINY, fast=False)
@@ -150,7 +150,7 @@ def test_parity_render(parity_dir, fast):
         load_file(parity_dir / "inputs.safetensors"),
         load_file(parity_dir / "expected_nerf_small.safetensors"),
     )
-    opts = dataclasses.replace(PRESETS["parity-small"], fast=fast, chunk=1500)  # chunks straddle views
+    opts = dataclasses.replace(RENDER_PRESETS["parity-small"], fast=fast, chunk=1500)  # chunks straddle views
     with torch.no_grad():
         out = render_cameras(
             field, exp["planes"], inp["render_cameras"], 32, opts, True, return_intermediates=True

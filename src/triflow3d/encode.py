@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -69,23 +68,6 @@ def caption_for(row: dict, captions: dict[str, str] | None) -> str:
             if key and key in captions:
                 return captions[key]
     return str(row.get("caption") or "")
-
-
-# --- encoder description ----------------------------------------------------------------------------
-def config_hash(model: torch.nn.Module) -> str:
-    cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else vars(model.config)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def encoder_info(model: torch.nn.Module, dtype: str) -> dict:
-    return {
-        "encoder": str(model.encoder_id),
-        "config_hash": config_hash(model),
-        "conventions_version": cv.CONVENTIONS_VERSION,
-        "triplane_shape": list(model.triplane_shape),
-        "dtype": dtype,
-        "image_size": int(model.config.image_size),
-    }
 
 
 # --- the stage --------------------------------------------------------------------------------------
@@ -172,7 +154,7 @@ def encode_folder(
     t0 = time.perf_counter()
     out = Path(out)
     views = ViewsFolder(views_dir)
-    info = encoder_info(model, dtype)
+    info = lt.encoder_info(model, dtype)
     lt.ensure_encoder_json(out, info)
     done = lt.valid_rows(out, verify=True)
     mine = shard(views.ids, rank, world_size)
@@ -190,7 +172,7 @@ def encode_folder(
                     model.forward_planes(images.to(device), cams.to(device)).float().cpu()
                 )  # (B, 3, C, R, R)
                 for i, p in zip(ids, planes):
-                    pending.rows.append(_index_row(views, i, captions))
+                    pending.rows.append(_index_row(views, i, captions, out))
                     pending.planes.append(p)
                     s.no_caption += pending.rows[-1]["caption"] == ""
                 s.encoded += len(ids)
@@ -210,14 +192,14 @@ def encode_folder(
     return s
 
 
-def _index_row(views: ViewsFolder, id: str, captions: dict[str, str] | None) -> dict:
+def _index_row(views: ViewsFolder, id: str, captions: dict[str, str] | None, out: Path) -> dict:
     row = views.row(id)
     return {
         "id": id,
         "caption": caption_for(row, captions),
         "attributes": row.get("attributes") or {},
         "source": str(row.get("source", "")),
-        "views_dir": str(views.path(id).resolve()),
+        "views_dir": lt.relative_views_dir(out, views.path(id)),
     }
 
 

@@ -26,11 +26,11 @@ from triflow3d.assets.export import Z_UP_TO_Y_UP, save_glb
 from triflow3d.assets.export import save_mesh as save_asset_mesh
 from triflow3d.assets.types import Asset, MeshPart
 from triflow3d.errors import AssetError, ConfigError
-from triflow3d.triplane.mesh import drop_small_components
+from triflow3d.triplane.mesh import decimate_mesh, drop_small_components
+from triflow3d.utils.images import save_png
 from triflow3d.utils.io import atomic_path, write_json
 
 if TYPE_CHECKING:
-    from triflow3d.cameras import Rig
     from triflow3d.pipeline import Generated
 
 FORMATS: tuple[str, ...] = ("glb", "obj", "ply", "mp4", "gif", "png", "triplane")
@@ -51,54 +51,6 @@ def parse_formats(spec: str | Sequence[str]) -> list[str]:
     if not out or any(f not in FORMATS for f in out):
         raise ConfigError(f"unknown or empty output format list {spec!r}; choose from {','.join(FORMATS)}")
     return out
-
-
-# --- mesh processing ---------------------------------------------------------------------------------
-def vertex_colors01(mesh: trimesh.Trimesh) -> np.ndarray:
-    """(V, 4) float32 in [0, 1] (white when the mesh has no vertex colours)."""
-    if mesh.visual.kind != "vertex":
-        return np.ones((len(mesh.vertices), 4), np.float32)
-    return np.asarray(mesh.visual.vertex_colors, np.float32) / 255.0
-
-
-def decimate_mesh(mesh: trimesh.Trimesh, target: int | float) -> trimesh.Trimesh:
-    """Quadric decimation to ``target`` faces (int) or that fraction of them (float in (0, 1));
-    vertex colours are carried over from the nearest original vertex."""
-    import fast_simplification
-    from scipy.spatial import cKDTree
-
-    n = len(mesh.faces)
-    count = int(round(target * n)) if isinstance(target, float) else int(target)
-    if isinstance(target, float) and not 0 < target <= 1:
-        raise ConfigError(f"decimation fraction must be in (0, 1], got {target}")
-    if count < 4:
-        raise ConfigError(f"decimation target must be at least 4 faces, got {count}")
-    if count >= n:
-        return mesh
-    verts, faces = fast_simplification.simplify(
-        np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int32), target_count=count
-    )
-    _, nearest = cKDTree(np.asarray(mesh.vertices)).query(verts)
-    colors = np.asarray(mesh.visual.vertex_colors)[nearest] if mesh.visual.kind == "vertex" else None
-    return trimesh.Trimesh(verts, faces, vertex_colors=colors, process=False)
-
-
-def mesh_part(mesh: trimesh.Trimesh) -> MeshPart:
-    """A vertex-coloured trimesh as an asset part (for the renderers and the asset writers)."""
-    return MeshPart(
-        vertices=np.asarray(mesh.vertices, np.float32), faces=np.asarray(mesh.faces, np.int64),
-        vertex_colors=vertex_colors01(mesh), name="generated",
-    )  # fmt: skip
-
-
-def render_mesh(mesh: trimesh.Trimesh, rig: Rig, size: int, backend: str = "auto") -> np.ndarray:
-    """Rasterise a vertex-coloured mesh from every camera of ``rig`` -> uint8 (N, S, S, 3) on white."""
-    if len(mesh.faces) == 0:
-        return np.full((len(rig), size, size, 3), 255, np.uint8)
-    from triflow3d.render import make_renderer
-
-    out = make_renderer(backend).render(Asset((mesh_part(mesh),)), rig, size).rgb_on_white()
-    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
 # --- UV texture baking --------------------------------------------------------------------------------
@@ -156,7 +108,7 @@ def bake_texture(
 
 
 # --- writers ------------------------------------------------------------------------------------------
-def save_mesh(mesh: trimesh.Trimesh | MeshPart, path: str | os.PathLike) -> Path:
+def save_generated_mesh(mesh: trimesh.Trimesh | MeshPart, path: str | os.PathLike) -> Path:
     """A vertex-coloured trimesh (.glb / .obj / .ply) or a textured part (.glb, or .obj + .mtl + .png)."""
     out = Path(path)
     if isinstance(mesh, MeshPart):
@@ -219,12 +171,6 @@ def image_grid(images: np.ndarray, cols: int = 2) -> np.ndarray:
         r, c = divmod(k, cols)
         grid[r * s : (r + 1) * s, c * s : (c + 1) * s] = img
     return grid
-
-
-def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        PIL.Image.fromarray(image).save(tmp, format="PNG")
-    return Path(path)
 
 
 def save_triplane(triplane: torch.Tensor, path: str | os.PathLike, metadata: dict[str, object]) -> Path:
@@ -298,7 +244,9 @@ def export_generated(
         if fmt in MESH_FORMATS:
             if mesh is None or len(mesh.faces) == 0:
                 continue
-            save_mesh(textured if textured is not None and fmt in ("glb", "obj") else mesh, folder / name)
+            save_generated_mesh(
+                textured if textured is not None and fmt in ("glb", "obj") else mesh, folder / name
+            )
         elif fmt in ("mp4", "gif"):
             frames = gen.turntable(opts.frames, opts.video_size, opts.preview, mesh)
             (save_video if fmt == "mp4" else save_gif)(frames, folder / name, opts.fps)

@@ -7,8 +7,8 @@ t = 1 -> 0 with batched classifier-free guidance against the empty prompt; ``Lat
 result back to a raw triplane. The frozen reconstructor's field then gives meshes and renders
 (``Generated``).
 
-A model folder (``save_pretrained`` / ``from_pretrained``) is a TriFlow checkpoint of
-``triflow3d.train.checkpoint`` (``config.json`` + weights; EMA weights when the folder has them) plus:
+A model folder (``save_pretrained`` / ``from_pretrained``) is a TriFlow model folder of
+``triflow3d.models.model_folder`` (``config.json`` + weights; EMA weights when the folder has them) plus:
 
     config.json["sampling"]        default steps / cfg / sampler / shift / batch_size
     config.json["reconstructor"]   {"ref": NAME} (a named, shipped reconstructor) or
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from triflow3d import conventions as cv
@@ -40,6 +38,7 @@ from triflow3d.encoders.reconstructor import ReconstructorConfig
 from triflow3d.errors import CheckpointError, ConfigError, TriflowError
 from triflow3d.flow.sampling import METHODS, denoise, get_noise, get_schedule
 from triflow3d.latents import LatentNormalizer
+from triflow3d.models import model_folder as mf
 from triflow3d.models.text_encoder import (
     CachedTextEncoder,
     FakeTextEncoder,
@@ -48,11 +47,9 @@ from triflow3d.models.text_encoder import (
     TextEmbedding,
     TextEncoder,
     embed_rows,
-    make_text_encoder,
 )
-from triflow3d.models.text_table import TextTableEncoder
-from triflow3d.models.triflow import TriFlow
-from triflow3d.train import checkpoint as ck
+from triflow3d.models.text_table import TextTableEncoder, open_text_encoder
+from triflow3d.models.triflow import TRIFLOW_PRESETS, TriFlow
 from triflow3d.utils.io import atomic_path
 
 DEFAULT_MODEL_DIR = WEIGHTS_DIR / "triflow-small"
@@ -138,7 +135,7 @@ def build_text_encoder(
     if kind == "minilm" and "normalize" in spec:
         kw["normalize"] = bool(spec["normalize"])
     recorded = spec["path"] if "path" in spec else train.get("text_encoder_path")  # None: the default weights
-    return make_text_encoder(kind, path or recorded, device, **kw)
+    return open_text_encoder(kind, path or recorded, device, **kw)
 
 
 # --- checks -------------------------------------------------------------------------------------------
@@ -266,7 +263,7 @@ class Generated:
         kw = {} if threshold is None else {"threshold": float(threshold)}
         mesh = self.reconstructor.extract_mesh(self.planes(), resolution, **kw)
         if decimate is not None and len(mesh.faces):
-            from triflow3d.export import decimate_mesh
+            from triflow3d.triplane.mesh import decimate_mesh
 
             mesh = decimate_mesh(mesh, decimate)
         return mesh
@@ -289,7 +286,7 @@ class Generated:
         if renderer not in RENDERERS:
             raise ConfigError(f"unknown renderer {renderer!r}; expected one of {RENDERERS}")
         if renderer == "mesh":
-            from triflow3d.export import render_mesh
+            from triflow3d.render.meshes import render_mesh
 
             return render_mesh(self.to_mesh() if mesh is None else mesh, rig, size)
         cams = rig.render_cameras()  # (N, 25)
@@ -373,9 +370,9 @@ class TextTo3DPipeline:
             )
             raise CheckpointError(f"{folder}: model folder not found{hint}")
         if (folder / "checkpoints").is_dir():  # a training run folder means its latest checkpoint
-            folder = ck.resolve_checkpoint(folder)
+            folder = mf.resolve_checkpoint(folder)
         try:
-            loaded = ck.load_model(folder, ema=(folder / ck.EMA_WEIGHTS).is_file(), device=device)
+            loaded = mf.load_model(folder, ema=(folder / mf.EMA_WEIGHTS).is_file(), device=device)
         except (KeyError, TypeError, RuntimeError) as e:  # bad config keys, mis-shaped weights
             raise CheckpointError(f"{folder}: malformed model folder ({type(e).__name__}: {e})") from None
         config = loaded.config
@@ -394,14 +391,12 @@ class TextTo3DPipeline:
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a self-contained model folder atomically (see the module docstring)."""
         config = self.checkpoint_config()
-        meta = {"format": ck.FORMAT, "conventions_version": str(cv.CONVENTIONS_VERSION)}
         with atomic_path(directory) as tmp:
             tmp.mkdir()
-            tensors = ck.weights_tensors(self.model, self.normalizer, self.text_center)
-            save_file(tensors, str(tmp / ck.WEIGHTS), metadata=meta)
+            mf.write_weights(tmp / mf.WEIGHTS, self.model, self.normalizer, self.text_center)
             if self.reconstructor_ref is None:
                 save_reconstructor(self.reconstructor, tmp / RECONSTRUCTOR_DIR)
-            (tmp / ck.CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            mf.write_config(tmp, config)
             if self.model_card:
                 (tmp / MODEL_CARD).write_text(self.model_card)
         return Path(directory)
@@ -415,9 +410,9 @@ class TextTo3DPipeline:
             "triplane_shape": list(self.reconstructor.triplane_shape),
         }
         config |= {
-            "format": ck.FORMAT,
+            "format": mf.FORMAT,
             "conventions_version": cv.CONVENTIONS_VERSION,
-            "triflow_params": ck.params_dict(self.model.params),
+            "triflow_params": mf.params_dict(self.model.params),
             "text_encoder": text_encoder_spec(self.text_encoder),
             "normalizer": self.normalizer.config(),
             "encoder": encoder,
@@ -520,12 +515,59 @@ def _load_reconstructor(
     name = spec.get("ref") or (config.get("encoder") or {}).get("encoder")
     if not name:
         raise CheckpointError(
-            f"{folder}: {ck.CONFIG} names no reconstructor (no 'reconstructor' or 'encoder')"
+            f"{folder}: {mf.CONFIG} names no reconstructor (no 'reconstructor' or 'encoder')"
         )
     try:
         return load_reconstructor(name, device=device), name
     except TriflowError as e:
         raise CheckpointError(f"{folder}: cannot load its reconstructor {name!r}: {e}") from None
+
+
+# --- tiny random components (smoke runs, UI tests, benchmarks; never results) -------------------------
+RANDOM_TEXT_DIM = 32
+RANDOM_RECONSTRUCTOR = dict(  # overrides of lrm-small: planes 3 x 8 x 8 x 8 from 16-pixel views
+    num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=16, patch_size=8,
+    rendering_samples_per_ray=8,
+)  # fmt: skip
+
+
+def random_reconstructor(encoder_id: str = "random-tiny", seed: int = 0) -> TriplaneReconstructor:
+    """lrm-small's class at R = 8 with random weights."""
+    from triflow3d.encoders import resolve_config
+
+    return build_reconstructor(
+        resolve_config("lrm-small", RANDOM_RECONSTRUCTOR), encoder_id, seed=seed
+    ).eval()
+
+
+def random_triflow(seed: int = 0, text_dim: int = RANDOM_TEXT_DIM) -> TriFlow:
+    """TriFlow ``tiny`` at R = 8 with every weight drawn (adaLN-Zero would start at zero velocity)."""
+    params = dataclasses.replace(TRIFLOW_PRESETS["tiny"], plane_res=8, patch=2, text_dim=text_dim)
+    model = TriFlow(params)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def random_pipeline(seed: int = 0, encoder_id: str = "random-tiny", **parts: Any) -> TextTo3DPipeline:
+    """Tiny random-weight components (``random_triflow``, ``random_reconstructor``, a fake text encoder):
+    noise-shaped objects in well under a second. ``parts`` replace any ``TextTo3DPipeline`` argument."""
+    recon = random_reconstructor(encoder_id, seed)
+    defaults = dict(
+        model=random_triflow(seed), normalizer=LatentNormalizer(recon.triplane_shape[1], encoder_id=encoder_id),
+        text_encoder=FakeTextEncoder(RANDOM_TEXT_DIM), reconstructor=recon,
+        settings=SamplerSettings(steps=4, cfg=3.0),
+    )  # fmt: skip
+    return TextTo3DPipeline(**(defaults | parts))
+
+
+def median_level(gen: Generated, seed: int = 0) -> float:
+    """The median activated density of ``gen``'s field around the centre: a level a random field always
+    crosses, so meshes of random objects are never empty."""
+    xyz = torch.rand(1, 4096, 3, generator=torch.Generator().manual_seed(seed)) * 1.6 - 0.8
+    return float(gen.reconstructor.query(gen.planes(), xyz)["sigma"].median())
 
 
 __all__ = [
@@ -536,5 +578,7 @@ __all__ = [
     "build_text_encoder",
     "check_components",
     "load_bundled_reconstructor",
+    "median_level",
+    "random_pipeline",
     "text_encoder_spec",
 ]

@@ -465,39 +465,6 @@ class ServeApp:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-# --- a tiny random pipeline (UI smoke tests, benchmarks) ---------------------------------------------
-def random_pipeline(seed: int = 0) -> TextTo3DPipeline:
-    """Tiny random-weight components (TriFlow ``tiny`` at R = 8, a one-layer reconstructor, a fake text
-    encoder): generates noise-shaped objects in well under a second; for UI tests, never for results."""
-    from triflow3d.encoders import PRESETS as RECON_PRESETS
-    from triflow3d.encoders import build_reconstructor
-    from triflow3d.latents import LatentNormalizer
-    from triflow3d.models import PRESETS, FakeTextEncoder, TriFlow
-    from triflow3d.pipeline import SamplerSettings, TextTo3DPipeline
-
-    rc = dataclasses.replace(
-        RECON_PRESETS["lrm-small"], num_hidden_layers=1, transformer_layers=1, triplane_low_res=4,
-        image_size=16, patch_size=8, rendering_samples_per_ray=8,
-    )  # fmt: skip
-    recon = build_reconstructor(rc, encoder_id="random-tiny", seed=seed).eval()
-    model = TriFlow(dataclasses.replace(PRESETS["tiny"], plane_res=8, patch=2, text_dim=32))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():  # adaLN-Zero starts at zero velocity: draw every weight instead
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    norm = LatentNormalizer(rc.triplane_dim, encoder_id="random-tiny")
-    return TextTo3DPipeline(
-        model.eval(), norm, FakeTextEncoder(32), recon, settings=SamplerSettings(steps=4, cfg=3.0)
-    )
-
-
-def median_level(pipe: TextTo3DPipeline, seed: int = 0) -> float:
-    """The median activated density of one sample's field: an iso-level a random field always crosses."""
-    gen = pipe("calibration", seed=seed)[0]
-    xyz = torch.rand(1, 4096, 3, generator=torch.Generator().manual_seed(seed)) * 1.6 - 0.8
-    return float(gen.reconstructor.query(gen.planes(), xyz)["sigma"].median())
-
-
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -540,8 +507,10 @@ def run(args: argparse.Namespace) -> int:
 
     config_from_args(args)  # fail on bad options before loading anything
     if args.random:
+        from triflow3d.pipeline import median_level, random_pipeline
+
         pipe = random_pipeline()
-        threshold = median_level(pipe)
+        threshold = median_level(pipe("calibration")[0])
     else:
         device = resolve_device(args.device)
         pipe = TextTo3DPipeline.from_pretrained(args.model, device, text_encoder_path=args.text_encoder_path)

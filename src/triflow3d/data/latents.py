@@ -7,6 +7,9 @@ Folder layout (``LATENTS_DIR``)::
     index-r000.jsonl              per-rank rows {id, shard, row, shard_sha256, caption, attributes, ...}
     failures-r000.jsonl           per-rank rows {id, error}
     index.jsonl                   the merged index (``merge_index``) readers use
+                                  (rank naming and merging: :mod:`triflow3d.data.ranks`)
+    stats.safetensors, stats.json ``triflow3d latents stats`` (LatentStats and its summary)
+    weights.json                  ``triflow3d latents weights``' summary (the weights are sidecars)
 
 A shard is written under a temporary name and renamed when complete, and its rows reach the rank
 index only after that, each carrying the shard's sha256: a killed run leaves at worst an orphan shard
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +32,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from triflow3d import conventions as cv
+from triflow3d.data import ranks
 from triflow3d.errors import ConfigError
 from triflow3d.utils.io import append_jsonl, atomic_path, read_jsonl, write_json
 
 ENCODER_JSON = "encoder.json"
-INDEX = "index.jsonl"
+INDEX, FAILURES = "index.jsonl", "failures.jsonl"  # merged from index-r000.jsonl ... (data.ranks)
+STATS_FILE, STATS_JSON, WEIGHTS_JSON = "stats.safetensors", "stats.json", "weights.json"
 TRIPLANE_KEY = "triplanes"
-SIDECARS: tuple[str, ...] = ("weights",)
+WEIGHTS_SIDECAR = "weights"
+SIDECARS: tuple[str, ...] = (WEIGHTS_SIDECAR,)
 _SHARD_RE = re.compile(r"^shard-r(\d{3})-(\d{5})\.safetensors$")
 
 
@@ -43,11 +51,11 @@ def shard_name(rank: int, k: int) -> str:
 
 
 def rank_index_path(root: Path, rank: int) -> Path:
-    return Path(root) / f"index-r{rank:03d}.jsonl"
+    return ranks.rank_file(root, INDEX, rank)
 
 
 def rank_failures_path(root: Path, rank: int) -> Path:
-    return Path(root) / f"failures-r{rank:03d}.jsonl"
+    return ranks.rank_file(root, FAILURES, rank)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -87,6 +95,24 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 
 # --- encoder.json -----------------------------------------------------------------------------------
+def config_hash(model: torch.nn.Module) -> str:
+    """A reconstructor's identity beside its name: sha256 of its config (16 hex digits)."""
+    cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else vars(model.config)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encoder_info(model: torch.nn.Module, dtype: str) -> dict:
+    """The ``encoder.json`` of latents made by ``model`` and stored as ``dtype``."""
+    return {
+        "encoder": str(model.encoder_id),
+        "config_hash": config_hash(model),
+        "conventions_version": cv.CONVENTIONS_VERSION,
+        "triplane_shape": list(model.triplane_shape),
+        "dtype": dtype,
+        "image_size": int(model.config.image_size),
+    }
+
+
 def read_encoder_json(root: str | Path) -> dict:
     path = Path(root) / ENCODER_JSON
     if not path.exists():
@@ -114,31 +140,23 @@ def ensure_encoder_json(root: Path, info: dict) -> None:
 
 
 # --- index ------------------------------------------------------------------------------------------
-def _rank_files(root: Path, pattern: str) -> list[Path]:
-    return sorted(Path(root).glob(pattern))
-
-
 def valid_rows(root: str | Path, verify: bool = True) -> dict[str, dict]:
     """Rows of every rank index whose shard exists (and, with ``verify``, matches its sha256); id -> row."""
     root = Path(root)
-    ok: dict[str, bool] = {}
-    out: dict[str, dict] = {}
-    for f in _rank_files(root, "index-r*.jsonl"):
-        for row in read_jsonl(f):
-            key = (row.get("shard"), row.get("shard_sha256"))
-            if key not in ok:
-                p = root / str(row.get("shard"))
-                ok[key] = p.exists() and (not verify or sha256_file(p) == row.get("shard_sha256"))
-            if ok[key]:
-                out[str(row["id"])] = row
-    return out
+    ok: dict[tuple, bool] = {}
+
+    def shard_ok(row: dict) -> bool:
+        key = (row.get("shard"), row.get("shard_sha256"))
+        if key not in ok:
+            p = root / str(row.get("shard"))
+            ok[key] = p.exists() and (not verify or sha256_file(p) == row.get("shard_sha256"))
+        return ok[key]
+
+    return ranks.collect(ranks.rank_files(root, INDEX), keep=shard_ok)
 
 
 def failed_rows(root: str | Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for f in _rank_files(Path(root), "failures-r*.jsonl"):
-        out.update({str(r["id"]): r for r in read_jsonl(f) if "id" in r})
-    return out
+    return ranks.collect(ranks.rank_files(root, FAILURES))
 
 
 def merge_index(root: str | Path, verify: bool = True) -> dict:
@@ -147,8 +165,7 @@ def merge_index(root: str | Path, verify: bool = True) -> dict:
     read_encoder_json(root)
     rows = valid_rows(root, verify)
     fails = {k: v for k, v in failed_rows(root).items() if k not in rows}
-    with atomic_path(root / INDEX) as tmp:
-        tmp.write_text("".join(json.dumps(rows[k], sort_keys=True) + "\n" for k in sorted(rows)))
+    ranks.write_rows(root / INDEX, rows)
     used = {r["shard"] for r in rows.values()}
     orphans = sorted(p.name for p in root.glob("shard-r*.safetensors") if p.name not in used)
     return {"objects": len(rows), "failed": len(fails), "orphan_shards": orphans}
@@ -161,6 +178,21 @@ def read_index(root: str | Path) -> list[dict]:
         return read_jsonl(root / INDEX)
     rows = valid_rows(root, verify=False)
     return [rows[k] for k in sorted(rows)]
+
+
+def relative_views_dir(root: str | Path, folder: str | Path) -> str:
+    """How an index row names an object's views folder: relative to the latents folder, so the two can
+    move together (``views_dir`` of :func:`views_dir`)."""
+    return os.path.relpath(Path(folder).resolve(), Path(root).resolve())
+
+
+def views_dir(root: str | Path, row: dict) -> str:
+    """An index row's views folder as a path: relative ones (this format) from the latents folder,
+    absolute ones (folders written before) as they are; "" when the row names none."""
+    name = str(row.get("views_dir") or "")
+    if not name or Path(name).is_absolute():
+        return name
+    return str((Path(root) / name).resolve())
 
 
 # --- reader -----------------------------------------------------------------------------------------
@@ -215,7 +247,7 @@ class LatentDataset(Dataset):
             "caption": row.get("caption", ""),
             "attributes": row.get("attributes") or {},
             "id": str(row["id"]),
-            "views_dir": row.get("views_dir", ""),
+            "views_dir": views_dir(self.root, row),
         }
         for name in SIDECARS:
             f = self._open(sidecar_name(shard, name))

@@ -18,11 +18,16 @@ import torch
 
 from triflow3d import cameras as cam
 from triflow3d import conventions as cv
+from triflow3d.data import ranks
 from triflow3d.errors import ConfigError
-from triflow3d.utils.io import read_jsonl
 
-MANIFEST = "manifest.jsonl"
+MANIFEST = "manifest.jsonl"  # of a views folder, and of the shapes folder it was rendered from
 CAMERAS = "cameras.json"
+
+
+def view_file(k: int, kind: str = "rgba", ext: str = "png") -> str:
+    """File name of view ``k`` of one pass: ``rgba_000.png``, ``depth_000.npy``, ``normal_000.png`` ..."""
+    return f"{kind}_{k:03d}.{ext}"
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ def read_cameras(obj_dir: Path) -> tuple[torch.Tensor, torch.Tensor, str, dict]:
 
 
 def image_paths(obj_dir: Path, n: int) -> list[Path]:
-    paths = [obj_dir / f"rgba_{i:03d}.png" for i in range(n)]
+    paths = [obj_dir / view_file(i) for i in range(n)]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise ConfigError(f"{obj_dir}: cameras.json lists {n} views but {missing[0]} is missing")
@@ -117,9 +122,8 @@ class ViewsFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ConfigError(f"{self.root}: views folder does not exist")
-        rows = read_jsonl(self.root / MANIFEST)
-        self.rows: dict[str, dict] = {str(r["id"]): r for r in rows if "id" in r}
-        if rows:
+        self.rows: dict[str, dict] = ranks.read_rows(self.root, MANIFEST)  # rank files not yet merged too
+        if self.rows:
             ids = [i for i, r in self.rows.items() if r.get("status", "ok") == "ok"]
         else:  # no manifest: every sub-folder with cameras.json
             ids = [p.name for p in self.root.iterdir() if (p / CAMERAS).exists()]

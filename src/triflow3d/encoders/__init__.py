@@ -6,7 +6,7 @@
 """
 
 from triflow3d.encoders.loading import (
-    PRESETS,
+    RECONSTRUCTOR_PRESETS,
     build_reconstructor,
     list_reconstructors,
     load_reconstructor,
@@ -18,7 +18,7 @@ from triflow3d.encoders.loading import (
 from triflow3d.encoders.reconstructor import ReconstructorConfig, TriplaneReconstructor
 
 __all__ = [
-    "PRESETS",
+    "RECONSTRUCTOR_PRESETS",
     "ReconstructorConfig",
     "TriplaneReconstructor",
     "build_reconstructor",

@@ -102,7 +102,9 @@ def view_samples(
     return seen.unflatten(0, (b, v))
 
 
-def plane_lift_state_with_alpha(state: dict[str, torch.Tensor], prefix: str, depth: int) -> dict[str, torch.Tensor]:
+def plane_lift_state_with_alpha(
+    state: dict[str, torch.Tensor], prefix: str, depth: int
+) -> dict[str, torch.Tensor]:
     """A ``PlaneLift`` state dict that reads RGB -> the same lift reading RGBA, function-preserving: the
     alpha input of the first CNN layer and the alpha columns of the cell MLP's first layer are zero, so
     the grown lift maps an RGBA view to exactly what the old one made of its RGB. Other keys pass through.

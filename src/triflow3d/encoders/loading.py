@@ -43,7 +43,7 @@ _BASE |= dict(triplane_high_res=64, transformer_layers=12, triplane_dim=40, rend
 _LARGE = _BASE | dict(transformer_layers=16, triplane_dim=80, rendering_samples_per_ray=128)
 _MESH = dict(kind="mesh", grid_res=128, grid_scale=2.1)
 
-PRESETS: dict[str, ReconstructorConfig] = {
+RECONSTRUCTOR_PRESETS: dict[str, ReconstructorConfig] = {
     "instantmesh-nerf-base": ReconstructorConfig(**_DINO_VITB16, **_BASE),
     "instantmesh-nerf-large": ReconstructorConfig(**_DINO_VITB16, **_LARGE),
     "instantmesh-mesh-base": ReconstructorConfig(**_DINO_VITB16, **_BASE, **_MESH),
@@ -73,14 +73,14 @@ PRESETS: dict[str, ReconstructorConfig] = {
 
 
 def list_reconstructors() -> list[str]:
-    return list(PRESETS)
+    return list(RECONSTRUCTOR_PRESETS)
 
 
 def parse_encoder_spec(spec: str) -> tuple[str, str | None]:
     """``NAME`` or ``NAME:CHECKPOINT`` -> (name, checkpoint or None)."""
     name, sep, ckpt = spec.partition(":")
-    if name not in PRESETS:
-        raise ConfigError(f"unknown reconstructor {name!r}; known: {', '.join(PRESETS)}")
+    if name not in RECONSTRUCTOR_PRESETS:
+        raise ConfigError(f"unknown reconstructor {name!r}; known: {', '.join(RECONSTRUCTOR_PRESETS)}")
     if sep and not ckpt:
         raise ConfigError(f"reconstructor spec {spec!r} has an empty checkpoint after ':'")
     return name, (ckpt or None)
@@ -98,10 +98,10 @@ def default_checkpoint(name: str) -> Path | None:
 def resolve_config(name: str, config: Any = None) -> ReconstructorConfig:
     """The preset for ``name``, replaced by ``config``: a ReconstructorConfig, an upstream-format dict
     (``{"params", "encoder_vit_config"}``), a dict of field overrides, or a path to a JSON file."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown reconstructor {name!r}; known: {', '.join(PRESETS)}")
+    if name not in RECONSTRUCTOR_PRESETS:
+        raise ConfigError(f"unknown reconstructor {name!r}; known: {', '.join(RECONSTRUCTOR_PRESETS)}")
     if config is None:
-        return PRESETS[name]
+        return RECONSTRUCTOR_PRESETS[name]
     if isinstance(config, ReconstructorConfig):
         return config
     if isinstance(config, str | os.PathLike):
@@ -115,7 +115,7 @@ def resolve_config(name: str, config: Any = None) -> ReconstructorConfig:
     known = {f.name for f in dataclasses.fields(ReconstructorConfig)}
     if unknown := sorted(set(config) - known):
         raise ConfigError(f"unknown reconstructor config keys {unknown}")
-    return dataclasses.replace(PRESETS[name], **config)
+    return dataclasses.replace(RECONSTRUCTOR_PRESETS[name], **config)
 
 
 def _read_json(path: Path) -> dict:

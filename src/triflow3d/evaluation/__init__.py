@@ -29,7 +29,8 @@ from triflow3d.evaluation.geometry import (
     sample_surface,
 )
 from triflow3d.evaluation.image import fid_from_features, frechet_distance, kid_from_features, psnr, ssim
-from triflow3d.evaluation.report import bar_chart, save_grid, versions, write_report
+from triflow3d.evaluation.report import bar_chart, versions, write_report
+from triflow3d.utils.images import save_grid
 
 __all__ = [
     "REPORT_SCALE",

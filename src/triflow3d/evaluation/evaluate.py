@@ -49,7 +49,7 @@ from triflow3d.evaluation.geometry import (
     pairwise_chamfer,
     sample_surface,
 )
-from triflow3d.evaluation.report import bar_chart, save_grid, write_report
+from triflow3d.evaluation.report import bar_chart, write_report
 from triflow3d.shapes import (
     CATEGORIES,
     PALETTE,
@@ -62,6 +62,7 @@ from triflow3d.shapes import (
 )
 from triflow3d.shapes.splits import SPLITS
 from triflow3d.triplane.mesh import FLOATER_SHARE
+from triflow3d.utils.images import save_grid
 from triflow3d.utils.io import append_jsonl, atomic_path
 from triflow3d.utils.progress import progress_bar
 
@@ -296,7 +297,7 @@ def measure_mesh(
     """Fill ``s`` with the measurements of one object's mesh ``make_mesh()`` (a generated object or a round
     trip, before any clean-up): failure, ``cfg.points`` surface points and the dominant colour (seed
     ``index``), fragmentation, and renders from ``rig`` when a renderer is given."""
-    from triflow3d.export import mesh_part
+    from triflow3d.render.meshes import mesh_part
 
     try:
         mesh = make_mesh()

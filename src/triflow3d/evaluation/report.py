@@ -20,11 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from triflow3d import __version__
 from triflow3d.evaluation.distribution import REPORT_SCALE as DISTRIBUTION_SCALE
+from triflow3d.utils.images import load_font, save_png
 from triflow3d.utils.io import atomic_path, write_json
 
 REPORT_SCALE: dict[str, float] = {**DISTRIBUTION_SCALE, "chamfer": 1e3, "failure_rate": 100.0}
@@ -150,59 +150,17 @@ def write_report(
 
 
 # --- figures -----------------------------------------------------------------------------------
-def to_pil(image: object) -> Image.Image:
-    """PIL RGB image from a PIL image, a (3, H, W) / (H, W, 3) tensor or array in [0, 1] or uint8."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
-        a = a.transpose(1, 2, 0)
-    if a.dtype != np.uint8:
-        a = (np.clip(a.astype(np.float64), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    return Image.fromarray(a).convert("RGB")
-
-
-def _font(size: int = 12) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
-def save_grid(
-    images: Sequence[object],
-    rows: int,
-    path: str | os.PathLike,
-    labels: Sequence[str] | None = None,
-    pad: int = 4,
-) -> Path:
-    """Tile images into ``rows`` rows (row-major) on white, with an optional label under each tile."""
-    tiles = [to_pil(im) for im in images]
-    if not tiles or rows < 1:
-        raise ValueError(f"save_grid needs images and rows >= 1, got {len(tiles)} images, rows={rows}")
-    cols = math.ceil(len(tiles) / rows)
-    w, h = max(t.width for t in tiles), max(t.height for t in tiles)
-    label_h = 16 if labels else 0
-    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, tile in enumerate(tiles):
-        x, y = pad + (i % cols) * (w + pad), pad + (i // cols) * (h + label_h + pad)
-        grid.paste(tile, (x + (w - tile.width) // 2, y + (h - tile.height) // 2))
-        if labels and i < len(labels):
-            draw.text((x + 2, y + h + 2), str(labels[i]), fill="black", font=_font())
-    return _save(grid, path)
-
-
 def bar_chart(
     values: Mapping[str, float], path: str | os.PathLike, title: str = "", width: int = 480, bar_h: int = 18
 ) -> Path:
     """Horizontal bar chart (one bar per key, e.g. per category); non-finite values show as n/a."""
-    font = _font()
+    font = load_font()
     label_w = 8 + max((int(font.getlength(str(k))) for k in values), default=0)
     top = 24 if title else 6
     img = Image.new("RGB", (label_w + width + 70, top + len(values) * (bar_h + 4) + 6), "white")
     draw = ImageDraw.Draw(img)
     if title:
-        draw.text((6, 4), title, fill="black", font=_font(14))
+        draw.text((6, 4), title, fill="black", font=load_font(14))
     finite = [abs(float(v)) for v in values.values() if math.isfinite(float(v))]
     vmax = max(finite, default=0.0) or 1.0
     for i, (key, v) in enumerate(values.items()):
@@ -215,7 +173,7 @@ def bar_chart(
         x1 = label_w + int(width * abs(v) / vmax)
         draw.rectangle((label_w, y, x1, y + bar_h), fill=(70, 110, 180) if v >= 0 else (190, 80, 70))
         draw.text((x1 + 4, y + 2), f"{v:.4g}", fill="black", font=font)
-    return _save(img, path)
+    return save_png(img, path)
 
 
 def line_chart(
@@ -226,7 +184,7 @@ def line_chart(
     log: bool = True,
 ) -> Path:
     """Lines through (x, y) points, one per series, on log-log (or linear) axes; Pillow only."""
-    font = _font()
+    font = load_font()
     w, h = size
     left, right, top, bottom = 58, 12, 26, 40
     img = Image.new("RGB", (w, h), "white")
@@ -242,7 +200,7 @@ def line_chart(
 
     draw.rectangle((left, top, w - right, h - bottom), outline="black")
     if title:
-        draw.text((left, 4), title, fill="black", font=_font(14))
+        draw.text((left, 4), title, fill="black", font=load_font(14))
     for v, anchor in ((y0, h - bottom), (y1, top)):
         draw.text((4, anchor - 6), f"{(10**v if log else v):.3g}", fill="black", font=font)
     for v, anchor in ((x0, left), (x1, w - right - 30)):
@@ -256,10 +214,4 @@ def line_chart(
         for px, py in xy:
             draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=c)
         draw.text((left + 8, top + 6 + 14 * i), name, fill=c, font=font)
-    return _save(img, path)
-
-
-def _save(img: Image.Image, path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return Path(path)
+    return save_png(img, path)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from triflow3d import conventions as cv
 from triflow3d.data import latents as lt
-from triflow3d.evaluation.report import save_grid, to_pil
-from triflow3d.latents import cli as lc
+from triflow3d.latents import folder as lf
 from triflow3d.latents.normalizer import LatentNormalizer
 from triflow3d.latents.stats import LatentStats, batch_stats, merge
+from triflow3d.utils.images import load_font, save_grid, save_png, to_pil
 from triflow3d.utils.io import atomic_path, write_json
 
 PLANE_NAMES: tuple[str, ...] = tuple("xyz"[u] + "xyz"[v] for u, v in cv.PLANE_AXES)  # (u, v) = (col, row)
@@ -90,10 +90,6 @@ def object_tiles(item: dict, model, cfg: InspectConfig) -> tuple[list[Image.Imag
 
 
 # --- charts -----------------------------------------------------------------------------------------
-def _font(size: int = 12) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
 @dataclass(frozen=True)
 class Panel:
     """One bar panel: values (3, C); the y range covers ``span`` too (so ~0 stays visibly ~0); ``ref``
@@ -111,7 +107,9 @@ def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], panel: Pan
     v = np.nan_to_num(panel.values.reshape(-1).astype(np.float64))
     vmin, vmax = min(0.0, float(v.min()), panel.span[0]), max(0.0, float(v.max()), panel.span[1])
     span = (vmax - vmin) or 1.0
-    draw.text((x0, y0 - 16), f"{panel.title}   [{v.min():.3g}, {v.max():.3g}]", fill="black", font=_font())
+    draw.text(
+        (x0, y0 - 16), f"{panel.title}   [{v.min():.3g}, {v.max():.3g}]", fill="black", font=load_font()
+    )
 
     def y_of(val: float) -> float:
         return y1 - (val - vmin) / span * (y1 - y0)
@@ -139,7 +137,7 @@ def channel_chart(panels: list[Panel], path: Path, width: int = 720, height: int
     for k, panel in enumerate(panels):
         top = 26 + k * (height + 30)
         _panel(draw, (10, top, 10 + width, top + height), panel)
-    return _save(img, path)
+    return save_png(img, path)
 
 
 def histogram_chart(
@@ -149,7 +147,7 @@ def histogram_chart(
     w, h, left, top = 600, 220, 40, 24
     img = Image.new("RGB", (w + left + 10, h + top + 30), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((6, 4), title, fill="black", font=_font(14))
+    draw.text((6, 4), title, fill="black", font=load_font(14))
     logc = np.log10(1.0 + counts.astype(np.float64))
     ymax = max(float(logc.max()), 1.0)
     bw = w / len(counts)
@@ -163,15 +161,9 @@ def histogram_chart(
         draw.line(pts, fill=(200, 60, 60), width=2)
     for x in (edges[0], (edges[0] + edges[-1]) / 2, edges[-1]):
         px = left + (x - edges[0]) / (edges[-1] - edges[0]) * w
-        draw.text((px - 12, top + h + 4), f"{x:.3g}", fill="black", font=_font())
-    draw.text((2, top), f"1e{ymax:.1f}", fill="black", font=_font(10))
-    return _save(img, path)
-
-
-def _save(img: Image.Image, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return Path(path)
+        draw.text((px - 12, top + h + 4), f"{x:.3g}", fill="black", font=load_font())
+    draw.text((2, top), f"1e{ymax:.1f}", fill="black", font=load_font(10))
+    return save_png(img, path)
 
 
 # --- accumulation over the sample -------------------------------------------------------------------
@@ -231,7 +223,7 @@ def accumulate(ds: lt.LatentDataset, indices: list[int], norm: LatentNormalizer,
         raw_edges=np.linspace(lo, hi if hi > lo else lo + 1.0, HIST_BINS + 1),
         std_edges=np.linspace(-STD_RANGE, STD_RANGE, HIST_BINS + 1),
     )
-    for items in lc.iter_items(ds, indices, 8):
+    for items in lf.iter_items(ds, indices, 8):
         x = torch.stack([it["triplane"] for it in items])  # (B, 3, C, R, R)
         have = all(it.get("weights") is not None for it in items)
         mask = weights_mask(torch.stack([it["weights"] for it in items]), w_bg) if have else None
@@ -280,16 +272,16 @@ def stats_table(stats: LatentStats) -> list[str]:
 
 def load_or_compute_stats(ds: lt.LatentDataset, root: Path, indices: list[int]) -> tuple[LatentStats, str]:
     """``stats.safetensors`` if present (and of this encoder), else statistics of the sample."""
-    path = root / lc.STATS_FILE
+    path = root / lt.STATS_FILE
     if path.exists():
         stats = LatentStats.from_safetensors(path)
         if stats.encoder_id == str(ds.encoder.get("encoder", "")):
-            return stats, f"`{lc.STATS_FILE}` ({stats.num_triplanes} objects)"
-    return lc.compute_latent_stats(ds, indices), f"computed on the fly from {len(indices)} sampled objects"
+            return stats, f"`{lt.STATS_FILE}` ({stats.num_triplanes} objects)"
+    return lf.compute_latent_stats(ds, indices), f"computed on the fly from {len(indices)} sampled objects"
 
 
 def _weights_info(root: Path) -> dict:
-    p = root / lc.WEIGHTS_JSON
+    p = root / lt.WEIGHTS_JSON
     return json.loads(p.read_text()) if p.exists() else {}
 
 
@@ -318,14 +310,14 @@ def write_inspect_report(
 ) -> Path:
     """Write out/report.md, out/report.json and out/figures/*.png for the latents folder ``root``."""
     root, out = Path(root), Path(out)
-    ds = lc.open_dataset(root)
-    idx = lc.sample_indices(len(ds), cfg.sample, cfg.seed)
+    ds = lf.open_latents(root)
+    idx = lf.sample_indices(len(ds), cfg.sample, cfg.seed)
     stats, stats_source = load_or_compute_stats(ds, root, idx)
     norm = LatentNormalizer.from_stats(stats)
     winfo = _weights_info(root)
     s = accumulate(ds, idx, norm, stats, (winfo.get("config") or {}).get("w_bg"))
     figures = write_figures(out, stats, s)
-    pics = lc.sample_indices(len(ds), min(cfg.n_objects, len(ds)), cfg.seed + 1) if cfg.n_objects > 0 else []
+    pics = lf.sample_indices(len(ds), min(cfg.n_objects, len(ds)), cfg.seed + 1) if cfg.n_objects > 0 else []
     if pics:
         parts = [object_tiles(ds[i], model, cfg) for i in pics]
         tiles, labels = [t for p in parts for t in p[0]], [lb for p in parts for lb in p[1]]

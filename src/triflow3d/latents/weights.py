@@ -18,18 +18,13 @@ import torch.nn.functional as F
 
 from triflow3d.conventions import BOX_MAX, BOX_MIN, MESH_THRESHOLD, PLANE_AXES, PLANE_NORMAL_AXES
 from triflow3d.errors import ConfigError
+from triflow3d.triplane.grid import query_grid
 
 DensityFn = Callable[[torch.Tensor], torch.Tensor]  # xyz (B, P, 3) -> activated density (B, P, 1)
 
 
 class Field(Protocol):
     def query(self, planes: torch.Tensor, xyz: torch.Tensor) -> dict[str, torch.Tensor]: ...
-
-
-def grid_points(resolution: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """The G^3 grid linspace(BOX_MIN, BOX_MAX, G) with 'ij' indexing, flattened to (G^3, 3) as x, y, z."""
-    axis = torch.linspace(BOX_MIN, BOX_MAX, resolution, device=device)
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
 
 
 @torch.no_grad()
@@ -42,12 +37,8 @@ def occupancy_grid(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Boolean occupancy (B, G, G, G) indexed [b, x, y, z]: density > threshold at the grid points."""
-    xyz = grid_points(resolution, device)  # (G^3, 3)
-    parts = []
-    for start in range(0, xyz.shape[0], chunk):
-        pts = xyz[start : start + chunk].expand(batch_size, -1, -1)  # (B, P, 3)
-        parts.append(density_fn(pts)[..., 0] > threshold)  # (B, P)
-    return torch.cat(parts, 1).reshape(batch_size, resolution, resolution, resolution)
+    density = query_grid(density_fn, resolution, batch_size, BOX_MIN, BOX_MAX, chunk, device)
+    return density[..., 0] > threshold
 
 
 def _cover_matrix(grid_res: int, plane_res: int, device: torch.device) -> torch.Tensor:

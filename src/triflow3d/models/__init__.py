@@ -13,13 +13,13 @@ from triflow3d.models.text_encoder import (
     TextEncoder,
     make_text_encoder,
 )
-from triflow3d.models.triflow import PRESETS, TriFlow, TriFlowParams, count_params
+from triflow3d.models.triflow import TRIFLOW_PRESETS, TriFlow, TriFlowParams, count_params
 
 MODELS = {"triflow": TriFlow}
 
 __all__ = [
     "MODELS",
-    "PRESETS",
+    "TRIFLOW_PRESETS",
     "CachedTextEncoder",
     "FakeTextEncoder",
     "HFTextEncoder",

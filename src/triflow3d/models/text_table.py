@@ -4,7 +4,7 @@ no model hub and carries 64 MiB, scripts/gpu_train_shipped.sh).
 
     python -m triflow3d.models.text_table --encoder minilm --texts captions.txt --out table.safetensors
 
-``make_text_encoder(kind, path)`` returns a :class:`TextTableEncoder` when ``path`` is such a file, so
+``open_text_encoder(kind, path)`` returns a :class:`TextTableEncoder` when ``path`` is such a file, so
 ``--text-encoder minilm --text-encoder-path table.safetensors`` trains (and ``triflow3d eval
 --text-encoder-path table.safetensors`` evaluates) with the table. The encoder's name, width and
 settings are recorded, so a model trained on the table loads the real encoder elsewhere.
@@ -27,11 +27,21 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from triflow3d.errors import ConfigError
-from triflow3d.models.text_encoder import TextEmbedding, TextEncoder, embed_rows
+from triflow3d.models.text_encoder import TextEmbedding, TextEncoder, embed_rows, make_text_encoder
 from triflow3d.utils.io import atomic_path
 
 FORMAT = "triflow3d.text_table.v1"
 DTYPES = ("int8", "fp16")
+
+
+def open_text_encoder(
+    name: str, path: str | Path | None = None, device: torch.device | str = "cpu", **kwargs
+) -> TextEncoder:
+    """``make_text_encoder(name, path)``, except that a ``path`` naming a text table file (``*.safetensors``)
+    of encoder ``name`` returns the table standing in for it."""
+    if path is not None and str(path).endswith(".safetensors"):
+        return TextTableEncoder(path, kind=name, device=device)
+    return make_text_encoder(name, path, device, **kwargs)
 
 
 def is_text_table(path: str | Path | None) -> bool:
@@ -114,8 +124,6 @@ class TextTableEncoder:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from triflow3d.models.text_encoder import make_text_encoder
-
     p = argparse.ArgumentParser(
         prog="python -m triflow3d.models.text_table", description=__doc__.splitlines()[0]
     )

@@ -41,7 +41,7 @@ ARCHS = ("multistream", "dit")
 
 @dataclass(frozen=True)
 class TriFlowParams:
-    """Every size of a TriFlow network. Validated on construction; see ``PRESETS``."""
+    """Every size of a TriFlow network. Validated on construction; see ``TRIFLOW_PRESETS``."""
 
     plane_channels: int = 8  # C of the (3, C, R, R) triplane
     plane_res: int = 32  # R
@@ -113,13 +113,13 @@ _PAPER = TriFlowParams(
     plane_channels=80, plane_res=64, patch=2, hidden=1024, heads=16, num_latents=256, text_dim=768,
 )  # fmt: skip
 
-PRESETS: dict[str, TriFlowParams] = {
+TRIFLOW_PRESETS: dict[str, TriFlowParams] = {
     "tiny": _TINY,  # unit tests: 3 x 8 x 16 x 16 triplanes, 48 triplane tokens
     "small": _SMALL,  # CPU demo on lrm-small triplanes 3 x 8 x 32 x 32: 192 triplane tokens
     "base": _BASE,  # InstantMesh triplanes 3 x 80 x 64 x 64 with MiniLM text, 3072 triplane tokens
     "paper": _PAPER,  # research/paper.md s5.3 default: d 1024, 16 heads, M 256, CLIP-L text
 }
-PRESETS.update({f"{k}-dit": replace(v, arch="dit") for k, v in list(PRESETS.items())})
+TRIFLOW_PRESETS.update({f"{k}-dit": replace(v, arch="dit") for k, v in list(TRIFLOW_PRESETS.items())})
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:

@@ -197,7 +197,7 @@ def _export(args) -> int:
 def export_run(run_dir: Path, dest: Path, eval_data=None, eval_views=None, data_dirs=None) -> dict | None:
     """Copy the latest checkpoint's weights to ``dest`` and write ``model_card.md`` next to them."""
     from triflow3d.encoders import load_reconstructor, save_reconstructor
-    from triflow3d.recon.eval import evaluate
+    from triflow3d.recon.eval import evaluate_reconstructor
     from triflow3d.recon.train import latest_checkpoint, machine_description
 
     ck = latest_checkpoint(run_dir)
@@ -207,7 +207,7 @@ def export_run(run_dir: Path, dest: Path, eval_data=None, eval_views=None, data_
     name = cfg.get("preset", "lrm-small")
     model = load_reconstructor(name, checkpoint=ck / "model")
     save_reconstructor(model, dest)
-    result = evaluate(model, eval_data, eval_views, roundtrip=True) if eval_data else None
+    result = evaluate_reconstructor(model, eval_data, eval_views, roundtrip=True) if eval_data else None
     state = torch.load(ck / "state.pt", map_location="cpu", weights_only=True)
     card = model_card(run_dir, cfg, int(state["step"]), float(state["wall"]), machine_description(), result)
     (dest / "model_card.md").write_text(card)
@@ -239,10 +239,10 @@ trains on a CPU. {start} by ``triflow3d recon train`` on procedural shapes
 
 # --- eval / reconstruct ----------------------------------------------------------------------------
 def _eval(args) -> int:
-    from triflow3d.recon.eval import evaluate
+    from triflow3d.recon.eval import evaluate_reconstructor
 
     model = _load_encoder(args)
-    result = evaluate(
+    result = evaluate_reconstructor(
         model, args.data, args.views_from, args.size, args.limit, args.max_views, args.per_object,
         args.roundtrip, grey=args.greyscale,
     )  # fmt: skip

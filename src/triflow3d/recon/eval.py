@@ -114,7 +114,7 @@ def evaluate_object(
     return *scores, torch.stack([x.double().cpu() for x in sums])
 
 
-def evaluate(
+def evaluate_reconstructor(
     model,
     data: str | Path,
     views_from: str | Path | None = None,

@@ -13,6 +13,7 @@ import torch
 
 from triflow3d import conventions as cv
 from triflow3d.cameras import Rig, parse_rig, pixel_rays
+from triflow3d.data.views import CAMERAS, MANIFEST, view_file
 from triflow3d.utils.io import append_jsonl, write_json
 
 COLOURS = {
@@ -67,15 +68,15 @@ def write_views_folder(
         folder.mkdir(parents=True, exist_ok=True)
         for k, img in enumerate(render_spheres(spheres, r, size)):
             arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            PIL.Image.fromarray(arr, "RGBA").save(folder / f"rgba_{k:03d}.png")
-        write_json(folder / "cameras.json", {
+            PIL.Image.fromarray(arr, "RGBA").save(folder / view_file(k))
+        write_json(folder / CAMERAS, {
             "conventions_version": cv.CONVENTIONS_VERSION, "id": id, "rig": rig, "fov_deg": r.fov_deg,
             "size": size, "c2w": r.c2w.tolist(), "input_cameras": r.input_cameras().tolist(),
             "render_cameras": r.render_cameras().tolist(),
         })  # fmt: skip
         caption = " and ".join(f"a {s['colour']} sphere" for s in spheres)
         row = {"id": id, "source": f"synthetic:{seed}", "caption": caption, "status": "ok"}
-        append_jsonl(root / "manifest.jsonl", [row | {"attributes": {"n": len(spheres)}, "seed": seed}])
+        append_jsonl(root / MANIFEST, [row | {"attributes": {"n": len(spheres)}, "seed": seed}])
         ids.append(id)
     (root / "spheres.json").write_text(json.dumps({str(s): random_spheres(s) for s in seeds}))
     return ids

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import moderngl
 import numpy as np
 
-from triflow3d import render as R
 from triflow3d.assets.types import Asset, MeshPart
 from triflow3d.cameras import Rig, opengl_projection
+from triflow3d.render import shading as R
 
 MSAA_SAMPLES = 4
 GL_SRGB8_ALPHA8 = 0x8C43  # textures are sRGB: the sampler linearises before filtering

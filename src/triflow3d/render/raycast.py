@@ -14,9 +14,9 @@ import numpy as np
 from embreex import rtcore_scene
 from embreex.mesh_construction import TriangleMesh
 
-from triflow3d import render as R
 from triflow3d.assets.types import Asset, MeshPart
 from triflow3d.cameras import Rig, pixel_rays
+from triflow3d.render import shading as R
 
 MAX_LAYERS = 8  # see-through (alpha < cutoff) surfaces a ray may pass before it gives up
 _EPS = 1e-4  # ray restart offset past a see-through surface

@@ -3,8 +3,8 @@
 Each asset is loaded in a child process with a time limit, normalised into the object sphere, rendered
 from the rig, and written to a temporary folder that is renamed into place, so a reader never sees a
 half-written asset and a re-run skips finished ones. One manifest row per asset is appended to
-``DIR/manifest.jsonl`` (``manifest.rank{R}.jsonl`` per rank when sharded; :func:`merge_manifests`
-joins them). The folder format is documented in ``docs/rendering.md``.
+``DIR/manifest.jsonl`` (``manifest-r{RRR}.jsonl`` per rank when sharded; the last rank to finish, or
+:func:`merge_manifests`, joins them: :mod:`triflow3d.data.ranks`). The folder format is documented in ``docs/rendering.md``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from PIL import Image
 
 from triflow3d import conventions as cv
 from triflow3d.cameras import Rig, parse_rig
+from triflow3d.data import ranks
+from triflow3d.data.views import CAMERAS, MANIFEST, view_file
 from triflow3d.errors import AssetError, ConfigError
 from triflow3d.render import Renderer, RenderOutput
 from triflow3d.utils.io import append_jsonl, atomic_path, read_jsonl, shard, write_json
 
 PASSES: tuple[str, ...] = ("rgba", "depth", "normal", "mask")
-SHAPES_MANIFEST = "manifest.jsonl"  # a folder made by `triflow3d shapes make` carries one
 CONFIG_FILE = "render.json"  # the stage's settings, checked on re-runs into the same folder
 
 
@@ -91,7 +92,7 @@ def collect_sources(inputs: Iterable[str | Path]) -> list[Source]:
 
     sources: list[Source] = []
     for item in map(Path, inputs):
-        if item.is_dir() and (item / SHAPES_MANIFEST).is_file():
+        if item.is_dir() and ((item / MANIFEST).is_file() or ranks.rank_files(item, MANIFEST)):
             sources += _manifest_sources(item)
         else:
             sources += [Source(id=p.stem, path=p) for p in iter_asset_files([item])]
@@ -100,13 +101,20 @@ def collect_sources(inputs: Iterable[str | Path]) -> list[Source]:
 
 def _manifest_sources(folder: Path) -> list[Source]:
     out = []
-    for row in read_jsonl(folder / SHAPES_MANIFEST):
+    for row in _shapes_rows(folder):
         if not row.get("path") and not row.get("id"):
-            raise ConfigError(f"{folder / SHAPES_MANIFEST}: row with neither 'path' nor 'id': {row}")
+            raise ConfigError(f"{folder / MANIFEST}: row with neither 'path' nor 'id': {row}")
         path = _row_path(folder, row)
         ident = str(row.get("id") or path.stem)
         out.append(Source(ident, path, row.get("caption"), row.get("attributes"), row.get("split")))
     return out
+
+
+def _shapes_rows(folder: Path) -> list[dict]:
+    """A shapes folder's rows: those with an id merged over the manifest and its rank files (one per
+    id), then the path-only rows of the merged manifest in file order."""
+    merged = list(ranks.read_rows(folder, MANIFEST).values())
+    return merged + [r for r in read_jsonl(folder / MANIFEST) if "id" not in r]
 
 
 def _row_path(folder: Path, row: dict) -> Path:
@@ -167,7 +175,7 @@ def render_source(renderer: Renderer, source: Source, cfg: ViewsConfig, out_dir:
     with atomic_path(out_dir / source.id) as tmp:
         tmp.mkdir()
         write_views(tmp, out, cfg.passes)
-        write_json(tmp / "cameras.json", cameras_record(rig, cfg, seed, transform, source))
+        write_json(tmp / CAMERAS, cameras_record(rig, cfg, seed, transform, source))
     return manifest_row(source, cfg, "ok", len(rig))
 
 
@@ -191,16 +199,16 @@ def write_views(folder: Path, out: RenderOutput, passes: Iterable[str]) -> None:
     passes = set(passes)
     for k in range(out.rgba.shape[0]):
         if "rgba" in passes:
-            _png(folder / f"rgba_{k:03d}.png", out.rgba[k])
+            _png(folder / view_file(k), out.rgba[k])
         if "depth" in passes:
-            np.save(folder / f"depth_{k:03d}.npy", out.depth[k].astype(np.float32))
+            np.save(folder / view_file(k, "depth", "npy"), out.depth[k].astype(np.float32))
         if "normal" in passes:  # rgb = (n + 1) / 2, alpha = mask
             _png(
-                folder / f"normal_{k:03d}.png",
+                folder / view_file(k, "normal"),
                 np.concatenate([(out.normal[k] + 1) / 2, out.mask[k, ..., None]], -1),
             )
         if "mask" in passes:
-            _png(folder / f"mask_{k:03d}.png", out.mask[k].astype(np.float32))
+            _png(folder / view_file(k, "mask"), out.mask[k].astype(np.float32))
 
 
 def _png(path: Path, image: np.ndarray) -> None:
@@ -240,7 +248,7 @@ def manifest_row(source: Source, cfg: ViewsConfig, status: str, views: int, erro
 
 # --- the stage -------------------------------------------------------------------------------------
 def manifest_path(out_dir: Path, rank: int, world_size: int) -> Path:
-    return out_dir / ("manifest.jsonl" if world_size == 1 else f"manifest.rank{rank}.jsonl")
+    return ranks.stage_file(out_dir, MANIFEST, rank, world_size)
 
 
 def render_all(
@@ -265,7 +273,7 @@ def render_all(
     summary, mine = Summary(failures={}), shard(sources, rank, world_size)
     for k, source in enumerate(mine):
         row = None
-        if (out_dir / source.id / "cameras.json").is_file():
+        if (out_dir / source.id / CAMERAS).is_file():
             summary.skipped += 1
             if source.id not in recorded:  # interrupted between the rename and the manifest line
                 row = manifest_row(source, cfg, "ok", _views_on_disk(out_dir / source.id))
@@ -284,11 +292,13 @@ def render_all(
         if summary.failed and not keep_going:
             summary.not_attempted = len(mine) - k - 1
             break
+    if world_size > 1:
+        ranks.merge_when_complete(out_dir, MANIFEST, [s.id for s in sources])
     return summary
 
 
 def _views_on_disk(folder: Path) -> int:
-    return int(json.loads((folder / "cameras.json").read_text())["num_views"])
+    return int(json.loads((folder / CAMERAS).read_text())["num_views"])
 
 
 def _check_config(out_dir: Path, cfg: ViewsConfig) -> None:
@@ -306,16 +316,9 @@ def _check_config(out_dir: Path, cfg: ViewsConfig) -> None:
 
 
 def merge_manifests(out_dir: str | Path) -> Path:
-    """Join ``manifest.rank*.jsonl`` into ``manifest.jsonl`` (last row per id wins, ids sorted)."""
+    """Join ``manifest-r*.jsonl`` into ``manifest.jsonl`` (:func:`triflow3d.data.ranks.merge`)."""
     out_dir = Path(out_dir)
-    parts = sorted(out_dir.glob("manifest.rank*.jsonl"))
-    if not parts:
-        raise ConfigError(f"{out_dir}: no manifest.rank*.jsonl files to merge")
-    rows: dict[str, dict] = {}
-    for part in [out_dir / "manifest.jsonl", *parts]:
-        for row in read_jsonl(part):
-            rows[row["id"]] = row
-    target = out_dir / "manifest.jsonl"
-    with atomic_path(target) as tmp:
-        append_jsonl(tmp, [rows[k] for k in sorted(rows)])
-    return target
+    if not ranks.rank_files(out_dir, MANIFEST):
+        raise ConfigError(f"{out_dir}: no manifest-r*.jsonl files to merge")
+    ranks.merge(out_dir, MANIFEST)
+    return out_dir / MANIFEST

@@ -1,8 +1,9 @@
 """``triflow3d shapes make|show``: write the procedural captioned shape benchmark, or preview captions.
 
 ``make`` writes ``OUT/<id>.glb`` and appends one row per sample to ``OUT/manifest.jsonl``
-(``manifest-rank<r>.jsonl`` when sharded). Re-running skips ids whose row says ``ok`` and whose file
-exists, so an interrupted run resumes where it stopped.
+(``manifest-r<rrr>.jsonl`` when sharded; the last rank to finish merges them, ``merge`` does it by hand:
+:mod:`triflow3d.data.ranks`). Re-running skips ids whose row says ``ok`` and whose file exists, so an
+interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import time
 from pathlib import Path
 
 from triflow3d.assets.export import save_glb
+from triflow3d.data import ranks
+from triflow3d.data.views import MANIFEST
 from triflow3d.errors import ConfigError
 from triflow3d.shapes.generate import SHAPES_VERSION, build_asset, sample_spec
 from triflow3d.shapes.splits import SPLITS, sample_id, sample_seed
 from triflow3d.utils.batch import add_keep_going, exit_status, report_failure
-from triflow3d.utils.io import append_jsonl, dist_rank_world, read_jsonl, shard
+from triflow3d.utils.io import append_jsonl, dist_rank_world, shard
 from triflow3d.utils.progress import progress_bar
 
 
@@ -42,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_keep_going(make)
     show.add_argument("--attributes", action="store_true", help="also print the attributes as JSON")
+    merge = sub.add_parser("merge", help="join the rank manifests of a sharded `make` into manifest.jsonl")
+    merge.add_argument("--out", type=Path, required=True, help="the output folder of `make`")
 
 
 def _check_counts(args: argparse.Namespace) -> None:
@@ -51,7 +56,7 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def _done_rows(out: Path) -> dict[str, dict]:
     """Rows of every manifest in ``out`` whose sample was written and whose file still exists."""
-    rows = [r for m in sorted(out.glob("manifest*.jsonl")) for r in read_jsonl(m)]
+    rows = ranks.read_rows(out, MANIFEST).values()
     return {r["id"]: r for r in rows if r.get("status") == "ok" and (out / r.get("path", "")).is_file()}
 
 
@@ -86,7 +91,7 @@ def _run_make(args: argparse.Namespace) -> int:
     rank, world = dist_rank_world(args.rank, args.world_size)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    manifest = out / ("manifest.jsonl" if world == 1 else f"manifest-rank{rank}.jsonl")
+    manifest = ranks.stage_file(out, MANIFEST, rank, world)
     append_jsonl(
         out / "commands.jsonl", [{"argv": sys.argv, "time": time.time(), "rank": rank, "world_size": world}]
     )
@@ -112,9 +117,11 @@ def _run_make(args: argparse.Namespace) -> int:
             if counts["error"] and not args.keep_going:
                 not_attempted = len(indices) - k - 1
                 break
+    every = [sample_id(args.split, i) for i in range(args.start, args.start + args.n)]
+    merged = world > 1 and ranks.merge_when_complete(out, MANIFEST, every)
     print(
         f"shapes {args.split}: {counts['ok']} written, {counts['skipped']} already present, "
-        f"{counts['error']} failed -> {manifest}"
+        f"{counts['error']} failed -> {out / MANIFEST if merged else manifest}"
     )
     return exit_status(counts["error"], not_attempted)
 
@@ -129,5 +136,9 @@ def _run_show(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "merge":
+        rows = ranks.merge(args.out, MANIFEST)
+        print(f"merged {len(rows)} rows -> {args.out / MANIFEST}")
+        return 0
     _check_counts(args)
     return _run_make(args) if args.action == "make" else _run_show(args)

@@ -6,17 +6,16 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from triflow3d.data.latents import LatentDataset
+from triflow3d.data.latents import STATS_FILE, LatentDataset
 from triflow3d.errors import ConfigError
 from triflow3d.latents.normalizer import LatentNormalizer
 from triflow3d.latents.stats import LatentStats, compute_stats
-from triflow3d.models.triflow import PRESETS as MODEL_PRESETS
+from triflow3d.models.triflow import TRIFLOW_PRESETS as MODEL_PRESETS
 from triflow3d.models.triflow import TriFlowParams
 from triflow3d.train.batches import category
 from triflow3d.train.config import TrainConfig
 
 logger = logging.getLogger("triflow3d.train")
-STATS_FILE = "stats.safetensors"
 STATS_SAMPLE = 2048  # triplanes read to compute the normaliser when no stats file exists
 
 

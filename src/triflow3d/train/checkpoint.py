@@ -1,17 +1,13 @@
-"""TriFlow checkpoints: safetensors weights + a JSON config; training state in separate, tensor-only files.
+"""TriFlow training checkpoints: a model folder plus the training state, in a run folder's checkpoints/.
 
-A checkpoint folder (written atomically)::
+A checkpoint folder (written atomically) is a model folder of :mod:`triflow3d.models.model_folder`
+(``model.safetensors``, ``ema.safetensors``, ``config.json``) plus::
 
-    model.safetensors      "model.*" (the unwrapped TriFlow state_dict), "normalizer.*" (LatentNormalizer
-                           buffers), optional "text.center" (pooled-embedding centre, see center_text)
-    ema.safetensors        the same keys with the EMA weights (what sampling loads by default)
-    config.json            {format, triflow_params, text_encoder, normalizer, encoder, conventions_version,
-                            step, perceptual, train_config}
     train_state.safetensors + train_state.json
                            optimizer tensors / param groups, step, RNG states (torch, numpy, python),
                            data-sampler position; read back with safetensors + json only (no pickle)
 
-Inference needs only ``ema.safetensors`` + ``config.json`` (:func:`load_model`).
+Inference needs only the model folder (:func:`triflow3d.models.model_folder.load_model`).
 """
 
 from __future__ import annotations
@@ -20,52 +16,38 @@ import json
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from triflow3d.conventions import CONVENTIONS_VERSION
 from triflow3d.errors import CheckpointError, ConfigError
 from triflow3d.latents.normalizer import LatentNormalizer
-from triflow3d.models.triflow import TriFlow, TriFlowParams
+
+# The model folder, used by the trainer through this module (``ck.read_weights`` ...) until its split;
+# new code imports these from triflow3d.models.model_folder.
+from triflow3d.models.model_folder import (  # noqa: F401
+    CHECKPOINTS,
+    CONFIG,
+    EMA_WEIGHTS,
+    FORMAT,
+    LATEST,
+    WEIGHTS,
+    load_strict,
+    params_dict,
+    read_config,
+    read_weights,
+    resolve_checkpoint,
+    write_config,
+    write_weights,
+)
 from triflow3d.utils.io import atomic_path, write_json
 
-FORMAT = "triflow3d.triflow.v1"
-WEIGHTS, EMA_WEIGHTS, CONFIG = "model.safetensors", "ema.safetensors", "config.json"
 STATE, STATE_JSON = "train_state.safetensors", "train_state.json"
-LATEST = "latest.json"
 _STEP_DIR = re.compile(r"^step-(\d{7})$")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare module under DDP (``.module``) and torch.compile (``._orig_mod``): never save prefixes."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _cpu(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {f"{prefix}{k}": v.detach().to("cpu").contiguous() for k, v in sd.items()}
-
-
-def weights_tensors(
-    model: nn.Module, normalizer: LatentNormalizer, text_center: torch.Tensor | None
-) -> dict[str, torch.Tensor]:
-    """One self-contained weights dict: model, normalizer buffers and the optional text centre."""
-    tensors = _cpu(unwrap(model).state_dict(), "model.") | _cpu(normalizer.state_dict(), "normalizer.")
-    if text_center is not None:
-        tensors["text.center"] = text_center.detach().float().cpu().contiguous()
-    return tensors
 
 
 def save_checkpoint(
@@ -78,87 +60,16 @@ def save_checkpoint(
     train_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (see the module docstring); ``config`` is config.json."""
-    meta = {"format": FORMAT, "conventions_version": str(CONVENTIONS_VERSION)}
     with atomic_path(path) as tmp:
         tmp.mkdir()
-        save_file(weights_tensors(model, normalizer, text_center), str(tmp / WEIGHTS), metadata=meta)
-        save_file(weights_tensors(ema, normalizer, text_center), str(tmp / EMA_WEIGHTS), metadata=meta)
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_weights(tmp / WEIGHTS, model, normalizer, text_center)
+        write_weights(tmp / EMA_WEIGHTS, ema, normalizer, text_center)
+        write_config(tmp, config)
         if train_state is not None:
             tensors, info = train_state
             save_file(tensors, str(tmp / STATE))
             (tmp / STATE_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return Path(path)
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """config.json of a checkpoint folder, checked for format and conventions version."""
-    file = Path(path) / CONFIG
-    if not file.is_file():
-        raise CheckpointError(f"{path}: not a TriFlow checkpoint (no {CONFIG})")
-    try:
-        cfg = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file}: invalid JSON ({e})") from e
-    if cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: format {cfg.get('format')!r}, expected {FORMAT!r}")
-    if cfg.get("conventions_version") != CONVENTIONS_VERSION:
-        raise CheckpointError(
-            f"{file}: saved under conventions v{cfg.get('conventions_version')}, this code is v{CONVENTIONS_VERSION}"
-        )
-    return cfg
-
-
-def read_weights(path: str | Path, ema: bool = True) -> dict[str, dict[str, torch.Tensor]]:
-    """{"model": ..., "normalizer": ..., "text": ...} state dicts from ema.safetensors (or model.safetensors)."""
-    file = Path(path) / (EMA_WEIGHTS if ema else WEIGHTS)
-    if not file.is_file():
-        raise CheckpointError(f"{file}: weights file not found")
-    try:
-        flat = load_file(str(file))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{file}: unreadable safetensors ({e})") from e
-    out: dict[str, dict[str, torch.Tensor]] = {"model": {}, "normalizer": {}, "text": {}}
-    for key, value in flat.items():
-        group, _, name = key.partition(".")
-        if group not in out:
-            raise CheckpointError(f"{file}: unexpected tensor {key!r}")
-        out[group][name] = value
-    return out
-
-
-def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict that names missing / unexpected keys in a CheckpointError."""
-    missing, unexpected = module.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-
-
-@dataclass
-class LoadedModel:
-    """What inference needs: the velocity model, the latent normaliser, the text centre (applied with
-    ``TextEmbedding.centred``), config.json."""
-
-    model: TriFlow
-    normalizer: LatentNormalizer
-    text_center: torch.Tensor | None
-    config: dict[str, Any]
-
-
-def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
-    """Build TriFlow + LatentNormalizer from a checkpoint folder (EMA weights by default), in eval mode."""
-    cfg = read_config(path)
-    params = TriFlowParams(**cfg["triflow_params"])
-    sd = read_weights(path, ema)
-    with torch.device("meta"):
-        model = TriFlow(params)
-    model = model.to_empty(device="cpu")
-    load_strict(model, sd["model"], str(path))
-    normalizer = LatentNormalizer.from_config(cfg["normalizer"])
-    load_strict(normalizer, sd["normalizer"], f"{path} (normalizer)")
-    center = sd["text"].get("center")
-    model.eval().requires_grad_(False)
-    return LoadedModel(model.to(device), normalizer.to(device), center, cfg)
 
 
 def check_compatible(ckpt_config: dict[str, Any], encoder: dict[str, Any], ckpt: str, latents: str) -> None:
@@ -236,31 +147,14 @@ def read_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 # --- run folders -------------------------------------------------------------------------------------
 def step_dir(run: str | Path, step: int) -> Path:
-    return Path(run) / "checkpoints" / f"step-{step:07d}"
+    return Path(run) / CHECKPOINTS / f"step-{step:07d}"
 
 
 def mark_latest(run: str | Path, ckpt: Path, step: int, keep: int) -> None:
     """Point RUN/checkpoints/latest.json at ``ckpt`` and delete all but the newest ``keep`` step folders."""
-    root = Path(run) / "checkpoints"
+    root = Path(run) / CHECKPOINTS
     write_json(root / LATEST, {"path": ckpt.name, "step": step})
     steps = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))
     for old in steps[:-keep] if keep > 0 else []:
         if old != ckpt:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder (its latest checkpoint)."""
-    p = Path(path)
-    if (p / CONFIG).is_file() and ((p / EMA_WEIGHTS).is_file() or (p / WEIGHTS).is_file()):
-        return p
-    latest = p / "checkpoints" / LATEST
-    if latest.is_file():
-        return p / "checkpoints" / json.loads(latest.read_text())["path"]
-    raise CheckpointError(
-        f"{p}: neither a checkpoint folder ({CONFIG} + {EMA_WEIGHTS}) nor a run folder with checkpoints/{LATEST}"
-    )
-
-
-def params_dict(params: TriFlowParams) -> dict[str, Any]:
-    return asdict(params)

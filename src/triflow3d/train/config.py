@@ -30,7 +30,9 @@ class TrainConfig:
     """A TriFlow training run. ``latents`` and ``out`` are required at run time (CLI ``--latents/--out``)."""
 
     # --- what is trained -------------------------------------------------------------------------
-    model: str = _f("tiny", "TriFlowParams preset (models.triflow.PRESETS); C, R and text_dim come from data")
+    model: str = _f(
+        "tiny", "TriFlowParams preset (models.triflow.TRIFLOW_PRESETS); C, R and text_dim come from data"
+    )
     text_encoder: str = _f("minilm", "frozen text encoder: minilm | clip-l | t5 | fake")
     text_encoder_path: str | None = _f(None, "local model folder for clip-l / t5")
     center_text: bool = _f(False, "subtract the mean pooled caption embedding (saved with the model)")

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from triflow3d import cameras as cam
-from triflow3d.data.views import composite_white, load_rgba, read_cameras
+from triflow3d.data.views import composite_white, load_rgba, read_cameras, view_file
 from triflow3d.errors import ConfigError
 from triflow3d.flow.path import x0_from_velocity
 from triflow3d.latents.normalizer import LatentNormalizer
@@ -44,7 +44,7 @@ class RenderLoss:
         s, c = self.cfg.perceptual_size, self.cfg.perceptual_crop or self.cfg.perceptual_size
         pick = torch.randperm(c2w.shape[0], generator=g)[: self.cfg.perceptual_views].tolist()
         o, d = cam.pixel_rays(c2w[pick], K[pick], s)  # (K, S S, 3)
-        imgs = [torch.from_numpy(load_rgba(obj / f"rgba_{i:03d}.png", s)).float() / 255.0 for i in pick]
+        imgs = [torch.from_numpy(load_rgba(obj / view_file(i), s)).float() / 255.0 for i in pick]
         img = composite_white(torch.stack(imgs))  # (K, 3, S, S)
         i0, j0 = torch.randint(0, s - c + 1, (2,), generator=g).tolist()
         crop = lambda x: x.reshape(len(pick), s, s, 3)[:, i0 : i0 + c, j0 : j0 + c].reshape(-1, 3)  # noqa: E731

@@ -10,8 +10,8 @@ from triflow3d.models.text_encoder import (
     TextEmbedding,
     TextEncoder,
     embed_rows,
-    make_text_encoder,
 )
+from triflow3d.models.text_table import open_text_encoder
 from triflow3d.train.config import TrainConfig
 
 
@@ -37,5 +37,5 @@ class TextTable:
 
 def build_text_encoder(cfg: TrainConfig, dim: int | None = None) -> TextEncoder:
     kwargs = {"dim": dim} if cfg.text_encoder == "fake" and dim else {}
-    encoder = make_text_encoder(cfg.text_encoder, cfg.text_encoder_path, **kwargs)
+    encoder = open_text_encoder(cfg.text_encoder, cfg.text_encoder_path, **kwargs)
     return CachedTextEncoder(encoder, cfg.text_cache) if cfg.text_cache else encoder

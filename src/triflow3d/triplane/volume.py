@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from triflow3d import conventions as cv
 from triflow3d.cameras import decode_render_cameras, pixel_rays
 from triflow3d.triplane.decoder import density_from_raw
+from triflow3d.triplane.grid import query_grid
 
 EMPTY_SIGMA_RAW = torch.finfo(torch.float32).min / 3  # upstream nan_to_num(-inf) / 3: density 0
 TRANSMITTANCE_EPS = 1e-10  # upstream cumprod(1 - alpha + 1e-10)
@@ -65,7 +66,7 @@ class RenderOptions:
     """Fast path: cells an occupied cell is grown by (must cover one sample spacing)."""
 
 
-PRESETS: dict[str, RenderOptions] = {
+RENDER_PRESETS: dict[str, RenderOptions] = {
     "instant-nerf-large": RenderOptions(samples_coarse=64, samples_importance=64),
     "instant-nerf-base": RenderOptions(samples_coarse=48, samples_importance=48),
     "parity-small": RenderOptions(samples_coarse=32, samples_importance=32),
@@ -185,11 +186,8 @@ def occupancy_grid(field: Field, planes, batch: int, opts: RenderOptions, device
     """Empty-space grid (B, G, G, G) bool over the box: a cell is occupied if a corner of it, or of a
     cell within ``occupancy_dilation`` cells, has density >= ``occupancy_threshold``."""
     g, (lo, hi) = opts.occupancy_resolution, opts.box
-    lin = torch.linspace(lo, hi, g + 1, device=device)
-    xyz = (
-        torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(1, -1, 3).expand(batch, -1, -1)
-    )
-    sigma = field.query(planes, xyz)["sigma"].reshape(batch, 1, g + 1, g + 1, g + 1)
+    sigma = query_grid(lambda xyz: field.query(planes, xyz)["sigma"], g + 1, batch, lo, hi, None, device)
+    sigma = sigma[..., 0][:, None]  # (B, 1, G+1, G+1, G+1): the cells' corners
     occupied = F.max_pool3d((sigma >= opts.occupancy_threshold).float(), 2, 1)  # any corner
     k = opts.occupancy_dilation
     return F.max_pool3d(occupied, 2 * k + 1, 1, padding=k)[:, 0] > 0
