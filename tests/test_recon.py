@@ -166,6 +166,30 @@ def test_resume_is_exact(folders, tmp_path, tiny_recon):
     assert (tmp_path / "b" / "tb").is_dir() and (tmp_path / "b" / "train_config.json").exists()
 
 
+def test_fresh_decoder_learns_alone_first(folders, tmp_path, tiny_recon):
+    """--init X --fresh-decoder --decoder-only-steps 2: the decoder starts fresh, and for two steps only it
+    moves (the rest is X's, untouched); afterwards everything trains."""
+    _needs_renderer()
+    from triflow3d.recon.train import DECODER_PREFIX, body_lr_scale
+
+    start = tmp_path / "start"
+    _train_cli(folders, tiny_recon, tmp_path / "x", 2)
+    from triflow3d.cli import main
+
+    assert main(["recon", "export", "--run", str(tmp_path / "x"), "--export", str(start)]) == 0
+    x = {k: v for k, v in _weights(tmp_path / "x").items()}
+    extra = ["--init", f"lrm-small:{start}", "--fresh-decoder", "--decoder-only-steps", "2"]
+    held = _train_cli(folders, tiny_recon, tmp_path / "y", 2, extra=extra)
+    assert all(torch.equal(held[k], x[k]) for k in x if not k.startswith(DECODER_PREFIX))
+    assert all(not torch.equal(held[k], x[k]) for k in x if k.startswith(DECODER_PREFIX))
+    free = _train_cli(folders, tiny_recon, tmp_path / "y", 4, resume=True, extra=extra)
+    assert not torch.equal(free["synthesizer.decoder.net.0.weight"], held["synthesizer.decoder.net.0.weight"])
+    moved = [k for k in x if not k.startswith(DECODER_PREFIX) and not torch.equal(free[k], held[k])]
+    assert moved  # the body trains after the decoder-only steps
+    cfg = ReconTrainConfig(decoder_only_steps=2, warmup=4)
+    assert [body_lr_scale(s, cfg) for s in range(7)] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
 def test_parallel_loading_gives_the_same_data(folders):
     inputs, sup = folders
     one = load_recon_data([inputs], [sup], 16, 16)
@@ -287,6 +311,22 @@ def test_eval_json_and_export(folders, tmp_path, capsys, tiny_recon):
     rt = res["roundtrip"]  # triflow3d eval's scoring of the round-trip meshes (spheres: no attributes)
     assert rt["n"] == 3 and rt["category_accuracy"] is None and rt["colour_accuracy"] is None
     assert {"failure_rate", "floater_share", "fragmented_share", "components_median"} <= set(rt)
+    assert "white" not in res  # no attributes, no white objects
+
+    # a manifest naming one object white: 'white' is that object's IoU
+    import shutil
+
+    from triflow3d.encoders import load_reconstructor
+    from triflow3d.recon.eval import evaluate_reconstructor
+
+    marked = shutil.copytree(inputs, tmp_path / "marked")
+    rows = [json.loads(x) for x in (marked / "manifest.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["attributes"] = {"colour": "white" if r["id"] == "sphere-00001" else "red"}
+    (marked / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = load_reconstructor("lrm-small", checkpoint=dest)
+    got = evaluate_reconstructor(model, marked, sup, 8, max_views=2)
+    assert got["white"] == {"n": 1, "iou": objs[1]["iou"]}
 
 
 def test_greyscale_keeps_alpha_and_luma():
@@ -407,10 +447,10 @@ REFERENCE_RUNS = {
 
 
 @pytest.mark.parametrize("path", ["fast", "dense"])
-def test_cpu_results_match_the_reference(folders, tmp_path, path):
+def test_cpu_results_match_the_reference(folders, tmp_path, path, tiny_recon):
     _needs_renderer()
     ref = REFERENCE_RUNS[path]
-    weights = _train_cli(folders, tmp_path / path, 4, extra=ref["extra"])
+    weights = _train_cli(folders, tiny_recon, tmp_path / path, 4, extra=ref["extra"])
     log = [json.loads(x) for x in (tmp_path / path / "log.jsonl").read_text().splitlines()]
     flat = torch.cat([weights[k].double().flatten() for k in sorted(weights)])
     sin = torch.sin(torch.arange(flat.numel(), dtype=torch.float64))
@@ -420,25 +460,29 @@ def test_cpu_results_match_the_reference(folders, tmp_path, path):
     assert got == pytest.approx(ref["model"], rel=2e-6)
 
 
-def test_resident_loop_resumes_exactly_and_learns(folders, tmp_path):
+def test_resident_loop_resumes_exactly_and_learns(folders, tmp_path, tiny_recon):
     """``--loop resident`` (the CUDA default) forced on the CPU: data on the device, a reseeded device
     generator per step, numbers read only on logging steps."""
     _needs_renderer()
     extra = ["--loop", "resident", "--log-every", "2", "--no-fast-render", "--edge-fraction", "0.2"]
-    straight = _train_cli(folders, tmp_path / "a", 4, extra=extra)
-    _train_cli(folders, tmp_path / "b", 2, extra=extra)
-    resumed = _train_cli(folders, tmp_path / "b", 4, resume=True, extra=extra)
+    straight = _train_cli(folders, tiny_recon, tmp_path / "a", 4, extra=extra)
+    _train_cli(folders, tiny_recon, tmp_path / "b", 2, extra=extra)
+    resumed = _train_cli(folders, tiny_recon, tmp_path / "b", 4, resume=True, extra=extra)
     assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) == 0
     log = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4] and all(math.isfinite(r["loss"]) for r in log)
     _train_cli(
-        folders, tmp_path / "t", 24, extra=["--lr", "3e-3", "--ckpt-every", "24", "--loop", "resident"]
+        folders,
+        tiny_recon,
+        tmp_path / "t",
+        24,
+        extra=["--lr", "3e-3", "--ckpt-every", "24", "--loop", "resident"],
     )
     log = [json.loads(x) for x in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
     assert sum(r["loss"] for r in log[-5:]) / 5 < 0.8 * sum(r["loss"] for r in log[:3]) / 3
 
 
-def test_time_budget_shortens_a_recon_run(folders, tmp_path, monkeypatch):
+def test_time_budget_shortens_a_recon_run(folders, tmp_path, monkeypatch, tiny_recon):
     import itertools
     import types
 
@@ -447,7 +491,9 @@ def test_time_budget_shortens_a_recon_run(folders, tmp_path, monkeypatch):
     _needs_renderer()
     ticks = itertools.count()  # TimeBudget's clock: 0.1 s per reading, whatever the machine's load
     monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * 0.1))
-    _train_cli(folders, tmp_path / "r", 100_000, extra=["--time-budget", "2", "--ckpt-every", "100000"])
+    _train_cli(
+        folders, tiny_recon, tmp_path / "r", 100_000, extra=["--time-budget", "2", "--ckpt-every", "100000"]
+    )
     saved = json.loads((tmp_path / "r" / "train_config.json").read_text())["train"]["steps"]
     last = json.loads((tmp_path / "r" / "latest.json").read_text())["step"]
     # readings: start 0, after step 1 0.1, after step 2 (the probe: the warm-up) 0.3 -> 0.2 s a step, 1.7 s left
@@ -455,13 +501,13 @@ def test_time_budget_shortens_a_recon_run(folders, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_resident_loop_on_cuda_resumes(folders, tmp_path):
+def test_resident_loop_on_cuda_resumes(folders, tmp_path, tiny_recon):
     """On CUDA `auto` is the resident loop; a resumed run follows a straight one (up to the nondeterminism
     of CUDA's atomic adds in grid_sample's backward)."""
     _needs_renderer()
     extra = ["--device", "cuda", "--no-fast-render"]
-    straight = _train_cli(folders, tmp_path / "a", 4, extra=extra)
-    _train_cli(folders, tmp_path / "b", 2, extra=extra)
-    resumed = _train_cli(folders, tmp_path / "b", 4, resume=True, extra=extra)
+    straight = _train_cli(folders, tiny_recon, tmp_path / "a", 4, extra=extra)
+    _train_cli(folders, tiny_recon, tmp_path / "b", 2, extra=extra)
+    resumed = _train_cli(folders, tiny_recon, tmp_path / "b", 4, resume=True, extra=extra)
     assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) < 1e-4
     assert json.loads((tmp_path / "a" / "train_config.json").read_text())["train"]["loop"] == "auto"

@@ -128,7 +128,8 @@ def evaluate_reconstructor(
     """Mean PSNR / IoU over the objects of ``data`` (and their views in ``views_from``) -> a JSON-able dict.
 
     With ``per_object`` the dict also lists ``objects``: ``{id, psnr, iou, views}`` per evaluated object;
-    with ``grey`` it holds ``greyscale`` (see the module docstring; twice the work).
+    with ``grey`` it holds ``greyscale`` (see the module docstring; twice the work); ``white`` is the mean
+    IoU of the objects whose main colour (manifest attributes) is white, when there are any.
     """
     t0 = time.perf_counter()
     inputs = ViewsFolder(data)
@@ -158,6 +159,9 @@ def evaluate_reconstructor(
         raise ConfigError(f"every object failed to evaluate, e.g. {fails[0]}")
     p, q = torch.cat(psnrs), torch.cat(ious)
     objects = {"objects": object_rows(done, psnrs, ious)} if per_object else {}
+    white = [float(x.mean()) for i, x in zip(done, ious) if main_colour(inputs, i) == "white"]
+    if white:  # objects as white as the background: only their alpha (or shading) tells them apart
+        objects["white"] = {"n": len(white), "iou": round(sum(white) / len(white), 5)}
     if greys:
         objects["greyscale"] = greyscale_summary(torch.stack(greys))
     if roundtrip:
@@ -183,6 +187,11 @@ def evaluate_reconstructor(
         "seconds": round(time.perf_counter() - t0, 2),
         **objects,
     }
+
+
+def main_colour(folder: ViewsFolder, id: str) -> str | None:
+    """The object's main colour from its manifest attributes (procedural shapes), else None."""
+    return (folder.row(id).get("attributes") or {}).get("colour")
 
 
 def object_rows(ids: list[str], psnrs: list[torch.Tensor], ious: list[torch.Tensor]) -> list[dict]:

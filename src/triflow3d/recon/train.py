@@ -93,6 +93,10 @@ class ReconTrainConfig:
     fresh_decoder: bool = False
     """With ``init``: the field decoder keeps its fresh initialisation instead of the starting model's
     (a decoder inherited from a run that never learned hue cannot express it)."""
+    decoder_only_steps: int = 0
+    """For the first N steps only the field decoder learns (the rest is held, and then warms up over
+    ``warmup`` steps): with ``fresh_decoder``, its first random gradients do not disturb a warm-started
+    encoder."""
     freeze_decoder: bool = False
     """Keep the field decoder fixed (with ``init``: triplanes stay decodable by the starting model's
     decoder, so latents and generators made with it stay valid)."""
@@ -196,6 +200,16 @@ def covered_colour_loss(
     return ((own - target).square() * keep).sum() / (3.0 * keep.sum()).clamp_min(1.0)
 
 
+def body_lr_scale(step: int, cfg: ReconTrainConfig) -> float:
+    """The share of the learning rate that everything but the decoder gets: 0 for ``decoder_only_steps``,
+    then a linear ramp over ``warmup`` steps (1 throughout when there are none)."""
+    if cfg.decoder_only_steps == 0:
+        return 1.0
+    if step < cfg.decoder_only_steps:
+        return 0.0
+    return min(1.0, (step - cfg.decoder_only_steps + 1) / max(cfg.warmup, 1))
+
+
 def warm_start(model: TriplaneReconstructor, spec: str, fresh_decoder: bool = False) -> None:
     """Copy the weights of reconstructor ``spec`` into ``model``; only modules it lacks may stay fresh (and
     the decoder, with ``fresh_decoder``). A plane lift trained on RGB grows to read alpha when ``model``'s
@@ -269,13 +283,15 @@ class ReconTrainer:
         self.model.to(device)
         if cfg.freeze_decoder:
             self.model.synthesizer.requires_grad_(False)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = []
+        for body in (False, True):  # body: everything but the decoder (held while decoder_only_steps run)
+            mine = [p for n, p in named if n.startswith(DECODER_PREFIX) != body]
+            groups += [
+                {"params": [p for p in mine if p.ndim >= 2], "weight_decay": cfg.weight_decay, "body": body},
+                {"params": [p for p in mine if p.ndim < 2], "weight_decay": 0.0, "body": body},
+            ]
+        self.body = [p for n, p in named if not n.startswith(DECODER_PREFIX)]
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)  # rays, camera noise, render jitter
         self.cursor = DataCursor(cfg.seed)
@@ -296,8 +312,11 @@ class ReconTrainer:
 
     def step_tensors(self) -> dict[str, torch.Tensor | float]:
         """One step; its losses and gradient norm as device tensors (nothing read back)."""
+        lr, held = recon_lr_at(self.step, self.cfg), self.cfg.decoder_only_steps
+        for p in self.body:  # no gradient through the held body: cheaper, and clipping sees the decoder's
+            p.requires_grad_(self.step >= held)
         for group in self.opt.param_groups:
-            group["lr"] = recon_lr_at(self.step, self.cfg)
+            group["lr"] = lr * (body_lr_scale(self.step, self.cfg) if group.get("body") else 1.0)
         idx = self.cursor.next(len(self.data), self.cfg.batch)
         g = self.gen
         if self.resident:
@@ -311,7 +330,7 @@ class ReconTrainer:
         self.step += 1
         return {k: v.detach() for k, v in losses.items()} | {
             "grad_norm": gnorm,
-            "lr": self.opt.param_groups[0]["lr"],
+            "lr": lr,
         }
 
     @staticmethod

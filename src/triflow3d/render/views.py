@@ -181,7 +181,7 @@ def render_source(renderer: Renderer, source: Source, cfg: ViewsConfig, out_dir:
 
 def _invisible_reason(asset) -> str:
     """Why a loaded, non-empty asset may cover no pixel (the loader already refused empty geometry)."""
-    from triflow3d.render import ALPHA_CUTOFF
+    from triflow3d.render.shading import ALPHA_CUTOFF
 
     def transparent(p) -> bool:
         alpha = p.base_color[3] * (1.0 if p.vertex_colors is None else float(p.vertex_colors[:, 3].max()))
