@@ -1,0 +1,1 @@
+"""Training, evaluating and exporting our own small reconstructor (``lrm-small``); see ``recon.cli``."""
