@@ -277,7 +277,7 @@ def test_gltf1_embedded_texture_is_found_in_the_file(tmp_path, renderer):
 
 def test_fbx_embedded_texture_is_named_in_a_warning(tmp_path):
     text = (DATA / "textured.fbx").read_text()
-    path = tmp_path / "embedded.fbx"  # its texture named "*0": embedded, which assimp-py cannot hand over
+    path = tmp_path / "embedded.fbx"  # its texture named "*0" (embedded), yet an ASCII file has no Content
     path.write_text(text.replace('"material_0.png"', '"*0"'))
     with pytest.warns(UserWarning, match="embedded texture"):
         asset = load_asset(path)

@@ -5,8 +5,9 @@ validation, flattening and colour handling of ``load.py``. assimp is C++ and may
 so ``load.py`` calls :func:`import_scene` only inside a child process; the function also changes the
 working directory for the call (assimp 5.4's glTF 1.0 reader recognises a file only when it is named
 without a folder).
-assimp-py does not expose embedded textures: glTF 1.0 ones are found by ``gltf.gltf1_embedded_images``;
-other parts with one (FBX) keep their material colour, with a warning.
+assimp-py does not expose embedded textures: glTF 1.0 ones are found by ``gltf.gltf1_embedded_images``,
+binary FBX ones (``Video`` content) by ``fbx.embedded_images``; a part whose embedded texture is not found
+or does not decode keeps its material colour, with a warning.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import PIL.Image
 import trimesh
 
+from triflow3d.assets import fbx
 from triflow3d.errors import AssetError
 
 ASSIMP_EXTENSIONS: tuple[str, ...] = (".fbx", ".dae", ".3ds")
@@ -34,16 +36,24 @@ def _flags(assimp_py) -> int:
 
 
 def _image(name: str, resolver, notes: list[str], material: str, embedded: dict) -> PIL.Image.Image | None:
-    """A texture named by a material, read below the asset's folder (the resolver records failures)."""
-    if name.startswith("*") and material in embedded:
+    """A material's texture: the copy the file embeds, else the file it names below the asset's folder.
+
+    A missing or undecodable file is recorded by the resolver (and reported by load.py).
+    """
+    if material in embedded:  # FBX names the original file, glTF 1.0 "*N"; the file holds the image
         try:
-            return PIL.Image.open(io.BytesIO(embedded[material]))
+            image = PIL.Image.open(io.BytesIO(embedded[material]))
+            image.load()
+            return image
         except Exception:
-            notes.append(f"embedded texture of material {material!r} cannot be decoded; dropped")
+            notes.append(
+                f"embedded texture of material {material!r} cannot be decoded; "
+                "the part keeps its material colour"
+            )
             return None
     if name.startswith("*"):
         notes.append(
-            f"embedded texture {name} of material {material!r} is not readable through assimp-py; "
+            f"embedded texture {name} of material {material!r} was not found in the file; "
             "the part keeps its material colour"
         )
         return None
@@ -53,6 +63,22 @@ def _image(name: str, resolver, notes: list[str], material: str, embedded: dict)
         return image
     except Exception:  # missing or undecodable: recorded by the resolver, reported by load.py
         return None
+
+
+def _color_texture(mat: dict) -> str | None:
+    """The name of a material's colour map (base colour, else diffuse), as assimp gives it."""
+    textures = mat.get("TEXTURES") or {}
+    names = textures.get(_BASE_COLOR) or textures.get(_DIFFUSE) or []
+    return str(names[0]) if names else None
+
+
+def _fbx_embedded(path: Path, notes: list[str]) -> dict[str, bytes]:
+    """{material: image bytes} embedded in an FBX file; {} (with a note) when the file cannot be scanned."""
+    try:
+        return fbx.embedded_images(path)
+    except AssetError as e:
+        notes.append(f"embedded textures not searched ({e.reason})")
+        return {}
 
 
 def _material(
@@ -67,9 +93,8 @@ def _material(
         rgba[3] *= opacity
     elif opacity == 0.0:  # exporters often write 0 where they mean "no transparency"
         notes.append(f"material {name!r} has opacity 0; treated as opaque")
-    textures = mat.get("TEXTURES") or {}
-    names = textures.get(_BASE_COLOR) or textures.get(_DIFFUSE) or []
-    image = _image(str(names[0]), resolver, notes, name, embedded) if names else None
+    texture = _color_texture(mat)
+    image = _image(texture, resolver, notes, name, embedded) if texture is not None else None
     return trimesh.visual.material.SimpleMaterial(image=image, diffuse=rgba, name=name)
 
 
@@ -94,7 +119,8 @@ def _geometry(mesh, material) -> trimesh.Trimesh | None:
 def import_scene(path: Path, resolver, notes: list[str], embedded: dict | None = None) -> trimesh.Scene:
     """Import ``path`` with assimp into a trimesh scene (node transforms and instancing kept).
 
-    ``embedded``: {material name: image bytes} for textures the caller found inside the file.
+    ``embedded``: {material name: image bytes} for textures the caller found inside the file; for FBX,
+    when None, they are looked up here (only when a material has a colour texture).
     """
     try:
         import assimp_py
@@ -113,6 +139,8 @@ def import_scene(path: Path, resolver, notes: list[str], embedded: dict | None =
         raise AssetError(path, f"could not parse the file (assimp: {reason})", "unreadable") from None
     finally:
         os.chdir(cwd)
+    if embedded is None and path.suffix.lower() == ".fbx" and any(map(_color_texture, scene.materials)):
+        embedded = _fbx_embedded(path, notes)
     materials = [_material(m, resolver, notes, embedded or {}) for m in scene.materials]
     geometry = {}
     for i, mesh in enumerate(scene.meshes):
