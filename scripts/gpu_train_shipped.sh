@@ -23,6 +23,7 @@
 # hub), a text table made here stands in (models/text_table.py; GTS_TEXT_TABLE, see docs/benchmarks.md).
 # Env (defaults for the H200 run): OUT (./out), PYTHON (python3), GTS_WORK (/tmp/gts), GTS_DEVICE (cuda),
 # GTS_NPROC (nproc), GTS_N_TRAIN (3000), GTS_N_TEST (40), GTS_SIZE (128), GTS_DEADLINE_S (570),
+# GTS_LRM_COLOUR (1.0: --colour-weight) and GTS_LRM_EDGE (0.2: --edge-fraction), the v3 recipe's losses;
 # GTS_LRM_CONFIG (weights/lrm-small/config.json or inline JSON), GTS_LRM_S (150), GTS_LRM_STEPS (20000,
 # an upper bound), GTS_LRM_BATCH (32), GTS_LRM_RAYS (2048), GTS_LRM_LR (1e-3), GTS_LRM_WARMUP (100),
 # GTS_LRM_OCC (4096), GTS_LRM_ARGS (more flags), GTS_TEXT (auto | encoder | table), GTS_TEXT_TABLE
@@ -141,6 +142,7 @@ stage_lrm() {
     --resume --model-config "$LRM_CONFIG" --device "$DEVICE" --steps "${GTS_LRM_STEPS:-20000}" \
     --batch "${GTS_LRM_BATCH:-32}" --rays "${GTS_LRM_RAYS:-2048}" --lr "${GTS_LRM_LR:-1e-3}" \
     --warmup "${GTS_LRM_WARMUP:-100}" --occ-weight 1.0 --occ-points "${GTS_LRM_OCC:-4096}" --camera-noise 0 \
+    --colour-weight "${GTS_LRM_COLOUR:-1.0}" --edge-fraction "${GTS_LRM_EDGE:-0.2}" \
     --no-fast-render --workers "$NPROC" --log-every 25 --ckpt-every 250 --time-budget "$LRM_S" \
     ${GTS_LRM_ARGS:-} || return
   complete "$WORK/lrm" lrm

@@ -4,6 +4,8 @@
 set -euo pipefail
 bin=${BIN:-.venv/bin}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# a dedicated run: spinning OpenMP threads are 25 % faster on an idle machine (docs/encoders.md)
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}
 
 # 0. data: procedural shapes (train/val/test splits) rendered on the Zero123++ rig + 8 random views, 128 px
 bash scripts/prepare_shapes.sh data 3000 200 300 128
