@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The exact commands that produced the shipped weights (src/triflow3d/weights/), in order.
-# Runs for about 3 hours on a 2-core CPU (lrm-small 1.7 h of it); see the model cards for measured times and quality.
+# Runs for about 5 hours on a 2-core CPU (lrm-small 3.7 h of it); see the model cards for measured times and quality.
 set -euo pipefail
 bin=${BIN:-.venv/bin}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -16,16 +16,23 @@ bash scripts/prepare_shapes.sh data 3000 200 300 128
 # 1a. v1 (no plane lift) from scratch: 3000 steps, ~0.5 h
 "$bin/triflow3d" recon train --data data/views/train --supervision data/views_random/train --out runs/lrm-small-v1 \
   --steps 3000 --batch 2 --rays 1024 --lr 1e-3 --warmup 200 --ckpt-every 250 --occ-weight 1.0 --threads 2 \
-  --model-config '{"plane_lift_depth": 0}'
-# 1b. the shipped model: v1 + the full-resolution plane lift, every weight trained (decoder included),
+  --model-config '{"plane_lift_depth": 0, "input_alpha": false}'
+# 1b. v2: v1 + the full-resolution plane lift, every weight trained (decoder included),
 # exact input cameras (the lift projects through them): 2200 steps at batch 4, ~1.2 h
 "$bin/triflow3d" recon train --data data/views/train --supervision data/views_random/train --out runs/lrm-small-v2 \
   --steps 2200 --batch 4 --rays 2048 --lr 1e-3 --warmup 100 --ckpt-every 100 --occ-weight 1.0 \
   --occ-points 4096 --camera-noise 0 --threads 2 --init lrm-small:runs/lrm-small-v1/checkpoints/step_0003000/model \
-  --model-config '{"plane_lift_depth": 16}'
-"$bin/triflow3d" recon export --run runs/lrm-small-v2 --export src/triflow3d/weights/lrm-small
+  --model-config '{"plane_lift_depth": 16, "input_alpha": false}'
+# 1c. the shipped model (v3): v2 + the inputs' alpha (the lift grows to read it), a fresh decoder trained
+# alone for 200 steps, colour loss on covered rays, 20 % silhouette-edge rays; a 2400-step schedule stopped
+# after step 2100 (the CPU slot ran out), ~2 h
+"$bin/triflow3d" recon train --data data/views/train --supervision data/views_random/train --out runs/lrm-small-v3 \
+  --steps 2400 --until 2100 --batch 4 --rays 2048 --lr 1e-3 --warmup 100 --ckpt-every 100 --occ-weight 1.0 \
+  --occ-points 4096 --camera-noise 0 --threads 2 --colour-weight 1.0 --edge-fraction 0.2 \
+  --init lrm-small:runs/lrm-small-v2/checkpoints/step_0002200/model --fresh-decoder --decoder-only-steps 200
+"$bin/triflow3d" recon export --run runs/lrm-small-v3 --export src/triflow3d/weights/lrm-small
 "$bin/triflow3d" recon eval --data data/views/test --views-from data/views_random/test --encoder lrm-small \
-  --size 128 --limit 40 --max-views 4 --json
+  --size 128 --limit 40 --max-views 4 --json --greyscale --per-object
 bash scripts/eval_real_assets.sh lrm-small
 
 # 2. latents: encode the train split with the shipped lrm-small, then statistics and spatial weights

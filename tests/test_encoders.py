@@ -298,8 +298,7 @@ def test_shipped_lrm_small_loads():
         pytest.skip("lrm-small weights are not shipped in this checkout")
     model = load_reconstructor("lrm-small")
     assert model.encoder_id == "lrm-small" and model.triplane_shape == (3, 8, 32, 32)
-    # TODO(v3 ships): the shipped v2 predates the preset's input_alpha; compare the whole config then.
-    assert dataclasses.replace(model.config, input_alpha=True) == RECONSTRUCTOR_PRESETS["lrm-small"]
+    assert model.config == RECONSTRUCTOR_PRESETS["lrm-small"]
     assert (WEIGHTS_DIR / "lrm-small" / "model.safetensors").stat().st_size < 20e6  # the limit
 
 

@@ -164,6 +164,11 @@ def test_resume_is_exact(folders, tmp_path, tiny_recon):
     log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in log)
     assert (tmp_path / "b" / "tb").is_dir() and (tmp_path / "b" / "train_config.json").exists()
+    # --until 3 stops a 4-step run after step 3 (a checkpoint, the 4-step schedule); --resume finishes it
+    _train_cli(folders, tiny_recon, tmp_path / "c", 4, extra=["--until", "3"])
+    assert json.loads((tmp_path / "c" / "latest.json").read_text())["dir"] == "step_0000003"
+    finished = _train_cli(folders, tiny_recon, tmp_path / "c", 4, resume=True)
+    assert max((straight[k] - finished[k]).abs().max().item() for k in straight) <= 1e-6
 
 
 def test_fresh_decoder_learns_alone_first(folders, tmp_path, tiny_recon):

@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds: shorten --steps so the run ends in time (ReconTrainer.run)",
     )
+    t.add_argument(
+        "--until",
+        type=int,
+        help="stop after this step (checkpointed); the schedule stays that of --steps, --resume goes on",
+    )
     t.add_argument("--preset", default="lrm-small", help="reconstructor preset to train")
     t.add_argument("--model-config", help="JSON file or inline JSON of preset overrides (tiny runs, tests)")
     t.add_argument("--views-per-object", type=int, default=None, help="cap on supervision views per object")
@@ -182,7 +187,7 @@ def _train(args) -> int:
     if ck is not None:
         trainer.load(ck)
         print(f"resumed from {ck} at step {trainer.step}", file=sys.stderr)
-    last = trainer.run(time_budget=args.time_budget)
+    last = trainer.run(time_budget=args.time_budget, until=args.until)
     print(json.dumps({"step": trainer.step, "wall_s": round(trainer.wall, 1), **last}))
     if args.export:
         export_run(run_dir, Path(args.export), args.eval_data, args.eval_views, data_dirs=args.data)

@@ -379,8 +379,11 @@ class ReconTrainer:
         self.cursor = DataCursor(**st["cursor"])
 
     # --- loop -----------------------------------------------------------------------------------
-    def run(self, log: bool = True, time_budget: float | None = None) -> dict[str, float]:
-        """Train until ``cfg.steps``; checkpoint every ``ckpt_every`` steps and at the end.
+    def run(
+        self, log: bool = True, time_budget: float | None = None, until: int | None = None
+    ) -> dict[str, float]:
+        """Train until ``cfg.steps`` (or step ``until``, same schedule); checkpoint every ``ckpt_every``
+        steps and at the end.
 
         ``time_budget`` (seconds): ``cfg.steps`` becomes an upper bound; a fresh run times its first steps
         (inside the warm-up) and shortens ``steps`` to end in time with its schedule complete
@@ -391,7 +394,7 @@ class ReconTrainer:
         last: dict[str, float] = {}
         with progress_bar() as bar:
             task = bar.add_task("train", total=self.cfg.steps, completed=self.step, status="")
-            while self.step < self.cfg.steps:
+            while self.step < min(self.cfg.steps, until or self.cfg.steps):
                 t0 = time.perf_counter()
                 out = self.step_tensors()
                 if (
@@ -409,7 +412,7 @@ class ReconTrainer:
                     self._log(writer, last)
                 status = f"loss {last['loss']:.4f} psnr {last['psnr']:.1f}" if last else ""
                 bar.update(task, completed=self.step, status=status)
-                stop = budget is not None and budget.over()
+                stop = (budget is not None and budget.over()) or self.step == until
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or stop:
                     self.save()
                 if stop:
