@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -361,3 +362,23 @@ def test_query_table_draw_is_unchanged_and_skipped_on_meta():
     assert torch.equal(t.pos_embed.data, torch.randn(1, 12, 16) * 16**-0.5)  # the draw old weights used
     with torch.device("meta"):
         assert TriplaneTransformer(16, 8, 1, 2, 2, 4).pos_embed.is_meta
+
+
+def test_mesh_colours_divide_out_the_baked_shading():
+    """extract_mesh de-lights vertex colours by the config's baked_shading (lrm-small: its training renders'
+    mean shading); InstantMesh's presets leave them as the field gives them."""
+    from triflow3d.conventions import srgb_to_linear
+
+    assert all(c.baked_shading == 1.0 for n, c in RECONSTRUCTOR_PRESETS.items() if n.startswith("instant"))
+    with pytest.raises(ConfigError, match="baked_shading"):
+        tiny_config(baked_shading=0.0)
+    as_is = build_reconstructor(tiny_config(baked_shading=1.0), seed=4).eval()
+    delit = build_reconstructor(tiny_config(baked_shading=0.5), seed=4).eval()
+    planes = torch.randn(1, *as_is.triplane_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        level = float(as_is.query(planes, torch.rand(1, 4096, 3) * 2 - 1)["sigma"].median())
+        a, b = (m.extract_mesh(planes, resolution=24, threshold=level) for m in (as_is, delit))
+    assert len(a.vertices) > 0 and np.array_equal(a.vertices, b.vertices)
+    ca, cb = (srgb_to_linear(m.visual.vertex_colors[:, :3] / 255.0) for m in (a, b))
+    unclipped = ca < 0.45
+    np.testing.assert_allclose(cb[unclipped], 2 * ca[unclipped], atol=0.02)

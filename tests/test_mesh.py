@@ -61,6 +61,25 @@ def test_sphere_mesh_radius_orientation_colours():
     assert np.abs(colors[:, :3].astype(float) - expected).max() <= 1
 
 
+def test_baked_shading_is_divided_out_of_vertex_colours():
+    """A field trained on shaded renders holds albedo x mean shading; the mesh gets the albedo back."""
+    from triflow3d.conventions import linear_to_srgb, srgb_to_linear
+    from triflow3d.triplane.mesh import albedo_from_radiance
+
+    albedo = np.array([[0.9, 0.2, 0.1], [0.95, 0.85, 0.1], [0.5, 0.5, 0.5]], np.float32)
+    shaded = linear_to_srgb(srgb_to_linear(albedo) * 0.8)  # what the renders (and the field) show
+    assert (shaded < albedo).all()
+    np.testing.assert_allclose(albedo_from_radiance(shaded, 0.8), albedo, atol=1e-5)
+    assert albedo_from_radiance(shaded, 1.0) is shaded
+    assert albedo_from_radiance(np.ones((1, 3), np.float32), 0.5).max() == pytest.approx(1.0)  # clipped
+    plain = extract_mesh(BlobField(), PLANES, resolution=48)
+    delit = extract_mesh(BlobField(), PLANES, resolution=48, baked_shading=0.8)
+    assert len(plain.vertices) > 100
+    np.testing.assert_array_equal(plain.vertices, delit.vertices)
+    a, b = (m.visual.vertex_colors[:, :3].astype(int) for m in (plain, delit))
+    assert (b >= a).all() and (b > a).mean() > 0.9 and (delit.visual.vertex_colors[:, 3] == 255).all()
+
+
 def test_sdf_variant_uses_level_zero():
     mesh = extract_mesh(SdfSphere(), PLANES, resolution=40)
     radii = np.linalg.norm(mesh.vertices, axis=1)

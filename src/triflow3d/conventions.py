@@ -26,7 +26,8 @@ Triplane
     in plane order. Density is softplus(sigma_raw + DENSITY_SHIFT); rgb = sigmoid(o) * (1 + 2 eps) - eps.
 
 Images
-    Float RGB(A) in [0, 1], channels first in tensors, composited on a white background.
+    Float RGB(A) in [0, 1], channels first in tensors, composited on a white background. Image and
+    vertex colours are sRGB; shading is computed in linear RGB (``srgb_to_linear`` / ``linear_to_srgb``).
 
 Flow
     t in [0, 1] with t = 1 pure noise: x_t = (1 - t) x0 + t eps, velocity target v = eps - x0,
@@ -37,6 +38,8 @@ from __future__ import annotations
 
 import math
 from typing import Final
+
+import numpy as np
 
 CONVENTIONS_VERSION: Final[int] = 1
 
@@ -94,3 +97,16 @@ ENCODER_PIXEL_STD: Final[float] = 0.5
 T_NOISE: Final[float] = 1.0  # t = 1 is pure noise
 T_DATA: Final[float] = 0.0  # t = 0 is data
 TIME_EMBED_SCALE: Final[float] = 1000.0  # t is scaled only inside the timestep embedder
+
+
+# --- colour space ------------------------------------------------------------------------------
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB (..., 3) in [0, 1] -> linear RGB (IEC 61966-2-1), float32."""
+    c = np.asarray(c, dtype=np.float32)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """Linear RGB (..., 3), clipped to [0, 1] -> sRGB, float32."""
+    c = np.clip(np.asarray(c, dtype=np.float32), 0.0, 1.0)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1.0 / 2.4) - 0.055).astype(np.float32)

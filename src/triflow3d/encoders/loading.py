@@ -68,6 +68,7 @@ RECONSTRUCTOR_PRESETS: dict[str, ReconstructorConfig] = {
         ray_embedding=True,
         plane_lift_depth=16,
         input_alpha=True,
+        baked_shading=0.815,
     ),  # fmt: skip
 }
 

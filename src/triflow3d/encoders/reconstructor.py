@@ -41,12 +41,13 @@ _PARAM_FIELDS = (
     "lift_depth",  # triflow3d extension (not upstream): projective lift of the queries, see encoders/lift.py
     "plane_lift_depth",  # triflow3d extension (not upstream): full-resolution plane lift, see encoders/lift.py
     "input_alpha",  # triflow3d extension (not upstream): the lifts read the inputs' alpha, see encoders/lift.py
+    "baked_shading",  # triflow3d extension (not upstream): mean shading of the training renders, mesh colours
 )
 _MESH_FIELDS = ("grid_res", "grid_scale")
 _VIT_FIELDS = tuple(f.name for f in dataclasses.fields(ViTParams))
 _OPTIONAL = {"triplane_high_res", "rendering_samples_per_ray", "grid_res", "grid_scale", "layer_norm_eps"}
 _OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding", "lift_depth", "plane_lift_depth"}
-_OPTIONAL |= {"input_alpha"}
+_OPTIONAL |= {"input_alpha", "baked_shading"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,12 @@ class ReconstructorConfig(ViTParams):
     view's alpha (the CNN gets it as a fourth channel, and its min over the views is a visual hull), so
     objects as white as the background stay visible. Inputs given as RGB on white get an alpha estimated
     from the white background (:func:`alpha_from_white`)."""
+    baked_shading: float = 1.0
+    """Not upstream (1.0 = none, as InstantMesh): the mean shading factor (linear RGB) of the renders the
+    field was trained on. Its colours are then albedo times that factor, and ``extract_mesh`` divides it
+    out, so vertex colours are albedo (:func:`triflow3d.triplane.mesh.albedo_from_radiance`). Volume
+    renders are unchanged. ``lrm-small``: 0.815, measured by ``benchmarks/baked_shading.py`` on the
+    project's training renders (headlight shading ``render.shading``, random views)."""
     grid_res: int = 128
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
@@ -110,6 +117,8 @@ class ReconstructorConfig(ViTParams):
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rendering_samples_per_ray % 2:
             raise ConfigError(f"rendering_samples_per_ray {self.rendering_samples_per_ray} must be even")
+        if not 0.0 < self.baked_shading <= 1.0:
+            raise ConfigError(f"baked_shading must be in (0, 1], got {self.baked_shading}")
 
     @property
     def vit_params(self) -> ViTParams:
@@ -373,6 +382,7 @@ class TriplaneReconstructor(nn.Module):
 
         if planes.ndim != 5 or planes.shape[0] != 1:
             raise ValueError(f"extract_mesh takes one triplane (1, 3, C, R, R), got {tuple(planes.shape)}")
+        kwargs.setdefault("baked_shading", self.config.baked_shading)
         return extract_mesh(self.synthesizer, self._field_planes(planes), resolution, threshold, **kwargs)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import trimesh
 
+from triflow3d.conventions import srgb_to_linear
 from triflow3d.errors import ConfigError
 from triflow3d.evaluation.geometry import sample_surface
 from triflow3d.shapes.palette import PALETTE
@@ -26,8 +27,7 @@ HIST_BINS = 8  # per sRGB channel for the dominant-colour histogram (bin width 0
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """CIELAB (..., 3) of sRGB colours (..., 3) in [0, 1]: L in [0, 100], a/b roughly [-128, 127]."""
-    c = np.clip(np.asarray(rgb, dtype=np.float64), 0.0, 1.0)
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    lin = srgb_to_linear(np.clip(np.asarray(rgb, dtype=np.float64), 0.0, 1.0)).astype(np.float64)
     t = (lin @ _RGB_TO_XYZ.T) / _D65_WHITE
     eps = (6.0 / 29.0) ** 3
     f = np.where(t > eps, np.cbrt(t), t / (3.0 * (6.0 / 29.0) ** 2) + 4.0 / 29.0)

@@ -14,6 +14,7 @@ import numpy as np
 
 from triflow3d.assets.types import Asset, MeshPart
 from triflow3d.cameras import Rig, opengl_projection
+from triflow3d.conventions import srgb_to_linear
 from triflow3d.render import shading as R
 
 MSAA_SAMPLES = 4
@@ -95,7 +96,7 @@ class EGLRenderer:
         normals = part.normals if part.normals is not None else np.zeros((v, 3), np.float32)
         uv = part.uv if part.has_texture else np.zeros((v, 2), np.float32)
         colors = part.vertex_colors if part.vertex_colors is not None else np.ones((v, 4), np.float32)
-        colors = np.concatenate([R.srgb_to_linear(colors[:, :3]), colors[:, 3:]], axis=1)
+        colors = np.concatenate([srgb_to_linear(colors[:, :3]), colors[:, 3:]], axis=1)
         data = np.concatenate([part.vertices, normals, uv, colors], axis=1).astype("f4")  # (V, 12)
         vbo = self.ctx.buffer(np.ascontiguousarray(data).tobytes())
         ibo = self.ctx.buffer(np.ascontiguousarray(part.faces, dtype="u4").tobytes())
@@ -108,7 +109,7 @@ class EGLRenderer:
         if part.has_texture:
             tex = _upload_texture(self.ctx, part.texture)
             resources += (tex,)
-        base = tuple(R.srgb_to_linear(np.asarray(part.base_color[:3]))) + (float(part.base_color[3]),)
+        base = tuple(srgb_to_linear(np.asarray(part.base_color[:3]))) + (float(part.base_color[3]),)
         return _GpuPart(vao=vao, resources=resources, texture=tex, base_color=base)
 
     def _framebuffers(self, size: int) -> tuple[moderngl.Framebuffer, ...]:

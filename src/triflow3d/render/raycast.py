@@ -16,6 +16,7 @@ from embreex.mesh_construction import TriangleMesh
 
 from triflow3d.assets.types import Asset, MeshPart
 from triflow3d.cameras import Rig, pixel_rays
+from triflow3d.conventions import srgb_to_linear
 from triflow3d.render import shading as R
 
 MAX_LAYERS = 8  # see-through (alpha < cutoff) surfaces a ray may pass before it gives up
@@ -47,7 +48,7 @@ class _Scene:
             [_or(p.uv if p.has_texture else None, (len(p.vertices), 2), 0.0) for p in parts]
         )
         colors = np.concatenate([_or(p.vertex_colors, (len(p.vertices), 4), 1.0) for p in parts])
-        self.colors = np.concatenate([R.srgb_to_linear(colors[:, :3]), colors[:, 3:]], axis=1)
+        self.colors = np.concatenate([srgb_to_linear(colors[:, :3]), colors[:, 3:]], axis=1)
         self.base = np.array([_linear_rgba(p.base_color) for p in parts], dtype=np.float32)  # (P, 4)
         self.textures = [_linear_texture(p.texture) if p.has_texture else None for p in parts]
         tri = self.vertices[self.faces]  # (F, 3, 3)
@@ -179,12 +180,12 @@ def _or(x: np.ndarray | None, shape: tuple[int, int], fill: float) -> np.ndarray
 
 
 def _linear_rgba(c: tuple[float, float, float, float]) -> np.ndarray:
-    return np.concatenate([R.srgb_to_linear(np.asarray(c[:3])), [c[3]]]).astype(np.float32)
+    return np.concatenate([srgb_to_linear(np.asarray(c[:3])), [c[3]]]).astype(np.float32)
 
 
 def _linear_texture(image: np.ndarray) -> np.ndarray:
     """(H, W, 4) uint8 sRGB -> (H, W, 4) float32 linear rgb + alpha."""
-    lut = R.srgb_to_linear(np.arange(256) / 255.0)
+    lut = srgb_to_linear(np.arange(256) / 255.0)
     return np.concatenate([lut[image[..., :3]], image[..., 3:] / np.float32(255.0)], axis=-1).astype(
         np.float32
     )

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from triflow3d.conventions import linear_to_srgb
+
 if TYPE_CHECKING:
     from triflow3d.assets.types import Asset
     from triflow3d.cameras import Rig
@@ -44,16 +46,6 @@ class Renderer(Protocol):
 
 
 # --- colour helpers shared by both backends ------------------------------------------------------
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, dtype=np.float32)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    c = np.clip(np.asarray(c, dtype=np.float32), 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1.0 / 2.4) - 0.055).astype(np.float32)
-
-
 def finish_rgba(premultiplied_linear: np.ndarray) -> np.ndarray:
     """(..., 4) premultiplied linear RGBA (an MSAA / supersampling average) -> straight sRGB RGBA."""
     out = np.zeros(premultiplied_linear.shape, np.float32)

@@ -31,6 +31,7 @@ from scipy import ndimage
 from skimage import measure
 
 from triflow3d import conventions as cv
+from triflow3d.conventions import linear_to_srgb, srgb_to_linear
 from triflow3d.errors import ConfigError
 from triflow3d.triplane.grid import grid_axis, query_grid
 
@@ -135,8 +136,11 @@ def coarse_to_fine_grid(
     return vals[:resolution, :resolution, :resolution], count
 
 
-def mesh_from_volume(field, planes, vol: np.ndarray, level: float, bound: float = 1.0) -> trimesh.Trimesh:
-    """Marching cubes on ``vol`` (larger inside) at ``level``; world vertices, field colours (RGBA uint8)."""
+def mesh_from_volume(
+    field, planes, vol: np.ndarray, level: float, bound: float = 1.0, baked_shading: float = 1.0
+) -> trimesh.Trimesh:
+    """Marching cubes on ``vol`` (larger inside) at ``level``; world vertices, field colours (RGBA uint8)
+    de-lit by ``baked_shading`` (:func:`albedo_from_radiance`)."""
     import trimesh
 
     if not (np.isfinite(vol).all() and vol.min() < level < vol.max()):
@@ -147,8 +151,21 @@ def mesh_from_volume(field, planes, vol: np.ndarray, level: float, bound: float 
     with torch.no_grad():
         xyz = torch.from_numpy(verts.astype(np.float32)).to(planes.device)[None]
         rgb = field.query(planes, xyz)["rgb"][0].clamp(0, 1).cpu().numpy()
+    rgb = albedo_from_radiance(rgb, baked_shading)
     colors = np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255.0)], axis=1).astype(np.uint8)
     return trimesh.Trimesh(vertices=verts, faces=faces, vertex_colors=colors, process=False)
+
+
+def albedo_from_radiance(rgb: np.ndarray, baked_shading: float) -> np.ndarray:
+    """Field colours (N, 3) sRGB -> vertex albedo: divided by ``baked_shading`` in linear RGB, clipped.
+
+    A field trained on shaded renders stores the mean shaded colour of each surface point, i.e. its albedo
+    times the mean shading factor of the training views (``ReconstructorConfig.baked_shading``); vertex
+    colours are albedo (a viewer shades them again), so the factor is divided out. 1.0 leaves them as is.
+    """
+    if baked_shading == 1.0:
+        return rgb
+    return linear_to_srgb(srgb_to_linear(rgb) / baked_shading)
 
 
 def extract_mesh(
@@ -161,8 +178,10 @@ def extract_mesh(
     chunk: int = DEFAULT_CHUNK,
     bound: float | None = None,
     margin: float | None = None,
+    baked_shading: float = 1.0,
 ) -> trimesh.Trimesh:
-    """Mesh of one triplane (1, 3, C, R, R): density iso-surface (NeRF) or sdf = 0 (mesh variant).
+    """Mesh of one triplane (1, 3, C, R, R): density iso-surface (NeRF) or sdf = 0 (mesh variant), vertex
+    colours de-lit by ``baked_shading`` (:func:`albedo_from_radiance`).
 
     ``margin``: coarse-to-fine refines cells whose corner values come within ``margin`` of the level
     (default: half the threshold for density; two coarse cells of world distance for an sdf).
@@ -185,7 +204,7 @@ def extract_mesh(
         )
     else:
         vol = sign * field_grid(field, planes, resolution, key, bound, chunk)[0, ..., 0].float().cpu().numpy()
-    return mesh_from_volume(field, planes, vol, level, bound)
+    return mesh_from_volume(field, planes, vol, level, bound, baked_shading)
 
 
 def decimate_mesh(mesh: trimesh.Trimesh, target: int | float) -> trimesh.Trimesh:
