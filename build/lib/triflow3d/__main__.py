@@ -1,5 +1,0 @@
-import sys
-
-from triflow3d.cli import main
-
-sys.exit(main())

@@ -1,1 +1,0 @@
-"""Training, evaluating and exporting our own small reconstructor (``lrm-small``); see ``recon.cli``."""
