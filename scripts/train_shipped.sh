@@ -11,7 +11,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}
 bash scripts/prepare_shapes.sh data 3000 200 300 128
 
 # 1. lrm-small: our reconstructor (images -> 3 x 8 x 32 x 32 triplanes), rays + 3D occupancy supervision.
-# Both stages were run with `--samples 32`, which had no effect then (fixed bug: docs/encoders.md); without
+# Stages 1a and 1b were run with `--samples 32`, which had no effect then (fixed bug: docs/encoders.md); without
 # it today's code renders what they did (the model's own 32 + 32 samples, fast path).
 # 1a. v1 (no plane lift) from scratch: 3000 steps, ~0.5 h
 "$bin/triflow3d" recon train --data data/views/train --supervision data/views_random/train --out runs/lrm-small-v1 \
