@@ -383,3 +383,18 @@ def test_mesh_colours_divide_out_the_baked_shading():
     unclipped = ca < 0.45
     assert unclipped.mean() > 0.3  # most colours are compared, not clipped away
     np.testing.assert_allclose(cb[unclipped], 2 * ca[unclipped], atol=0.02)
+
+
+def test_config_hash_ignores_presentation_fields():
+    """Latents stay valid when only how meshes are coloured changes (baked_shading was added after the
+    shipped v3 latents were made); any field that decides the triplanes changes the identity."""
+    from types import SimpleNamespace
+
+    from triflow3d.data.latents import config_hash
+
+    def ident(**kw) -> str:
+        return config_hash(SimpleNamespace(config=tiny_config(**kw)))
+
+    assert ident(baked_shading=1.0) == ident(baked_shading=0.5)
+    assert ident(triplane_dim=8) != ident(triplane_dim=4)
+    assert ident(input_alpha=True) != ident(input_alpha=False)

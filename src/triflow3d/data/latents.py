@@ -96,8 +96,16 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 # --- encoder.json -----------------------------------------------------------------------------------
 def config_hash(model: torch.nn.Module) -> str:
-    """A reconstructor's identity beside its name: sha256 of its config (16 hex digits)."""
-    cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else vars(model.config)
+    """A reconstructor's identity beside its name: sha256 of the config fields that decide its triplanes and
+    field (16 hex digits); presentation-only fields (``baked_shading``) are left out."""
+    c = model.config
+    cfg = (
+        c.identity_dict()
+        if hasattr(c, "identity_dict")
+        else c.to_dict()
+        if hasattr(c, "to_dict")
+        else vars(c)
+    )
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 

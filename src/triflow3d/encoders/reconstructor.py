@@ -48,6 +48,9 @@ _VIT_FIELDS = tuple(f.name for f in dataclasses.fields(ViTParams))
 _OPTIONAL = {"triplane_high_res", "rendering_samples_per_ray", "grid_res", "grid_scale", "layer_norm_eps"}
 _OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding", "lift_depth", "plane_lift_depth"}
 _OPTIONAL |= {"input_alpha", "baked_shading"}
+# Fields that change only how meshes are coloured, never the triplanes or the field: not part of a
+# reconstructor's identity (latents made before such a field existed stay valid).
+_PRESENTATION_FIELDS = ("baked_shading",)
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,12 @@ class ReconstructorConfig(ViTParams):
             "params": {name: getattr(self, name) for name in fields},
             "encoder_vit_config": {name: getattr(self, name) for name in _VIT_FIELDS},
         }
+
+    def identity_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the presentation-only fields: what decides the triplanes and the field."""
+        d = self.to_dict()
+        d["params"] = {k: v for k, v in d["params"].items() if k not in _PRESENTATION_FIELDS}
+        return d
 
 
 def _kind_of(d: dict[str, Any]) -> str:
