@@ -427,19 +427,23 @@ class TextTo3DPipeline:
         rows = embed_rows(self.text_encoder, list(prompts), chunk=1)
         return TextEmbedding.from_rows(rows).to(self.device).centred(self.text_center)
 
+    def conditions(self, prompts: list[str], cfg: float) -> tuple[TextEmbedding, TextEmbedding | None]:
+        """The prompts' embeddings and, when guided (``cfg`` != 1), the empty prompt's, one row per prompt."""
+        cond = self.encode(prompts)
+        if cfg == 1.0:
+            return cond, None
+        u = self.encode([""])
+        return cond, TextEmbedding(
+            *(t.expand(len(prompts), *t.shape[1:]) for t in (u.tokens, u.mask, u.pooled))
+        )
+
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int], settings: SamplerSettings) -> Tensor:
         """Raw triplanes (B, 3, C, R, R) float32 for one batch of prompts and seeds."""
         p = self.model.params
         shape = (cv.NUM_PLANES, p.plane_channels, p.plane_res, p.plane_res)
         x = get_noise(seeds, shape, device=self.device)  # (B, 3, C, R, R): seed i -> row i, on any device
-        cond = self.encode(prompts)
-        uncond = None
-        if settings.cfg != 1.0:
-            u = self.encode([""])
-            uncond = TextEmbedding(
-                *(t.expand(len(prompts), *t.shape[1:]) for t in (u.tokens, u.mask, u.pooled))
-            )
+        cond, uncond = self.conditions(prompts, settings.cfg)
         amp = torch.autocast(
             self.device.type, self.autocast or torch.float32, enabled=self.autocast is not None
         )
