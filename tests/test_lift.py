@@ -124,7 +124,6 @@ def test_plane_lift_starts_as_a_no_op_and_learns():
         lift(images, cams)  # built to read alpha
 
 
-
 def test_plane_lift_per_object_on_the_cpu_equals_one_batched_pass():
     """The CPU path (one object at a time, for memory traffic) computes what one pass over the batch does
     (the path on a GPU), values and gradients."""
@@ -138,6 +137,7 @@ def test_plane_lift_per_object_on_the_cpu_equals_one_batched_pass():
     ga = torch.autograd.grad(a.square().sum(), lift.cnn[0].weight)[0]
     gb = torch.autograd.grad(b.square().sum(), lift.cnn[0].weight)[0]
     torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+
 
 def test_rgba_inputs_without_input_alpha_are_composited_on_white():
     """A model that does not read alpha (InstantMesh's interface) sees RGBA exactly as RGB on white."""

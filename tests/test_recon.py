@@ -516,3 +516,40 @@ def test_resident_loop_on_cuda_resumes(folders, tmp_path, tiny_recon):
     resumed = _train_cli(folders, tiny_recon, tmp_path / "b", 4, resume=True, extra=extra)
     assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) < 1e-4
     assert json.loads((tmp_path / "a" / "train_config.json").read_text())["train"]["loop"] == "auto"
+
+
+def test_colour_metric_whitens_the_training_colours():
+    """M Sigma M^T = (tr Sigma / 3) I for the covered pixels' colours, uncovered pixels do not count, and the
+    weighed error equals the plain one without a metric."""
+    from triflow3d.recon.data import ReconData
+    from triflow3d.recon.train import colour_error, colour_metric
+
+    g = torch.Generator().manual_seed(0)
+    grey, hue = torch.rand(6, 2, 1, 8, 8, generator=g), torch.rand(6, 2, 1, 8, 8, generator=g)
+    rgb = torch.cat(
+        [
+            0.8 * grey + 0.1 * hue,
+            0.8 * grey - 0.1 * hue + 0.1,
+            0.3 * torch.rand(grey.shape, generator=g) + 0.2,
+        ],
+        2,
+    )
+    alpha = (torch.rand(6, 2, 1, 8, 8, generator=g) > 0.3).float()
+    sup = (torch.cat([torch.where(alpha > 0, rgb, torch.ones_like(rgb) * 0.3), alpha], 2) * 255).round()
+    data = ReconData([], None, None, sup.to(torch.uint8), None, None, [])
+    m = colour_metric(data, stride=1).double()
+    px = sup.permute(0, 1, 3, 4, 2).reshape(-1, 4).double() / 255
+    cov = torch.cov(px[px[:, 3] > 0.99, :3].T)
+    torch.testing.assert_close(
+        m @ cov @ m.T, torch.eye(3, dtype=torch.double) * cov.trace() / 3, atol=1e-6, rtol=0
+    )
+    e = torch.rand(5, 3, generator=g)
+    assert torch.equal(colour_error(e, torch.zeros(5, 3), None), e.square())
+
+
+def test_cli_trains_with_whitened_colours(folders, tmp_path, tiny_recon):
+    _needs_renderer()
+    out = tmp_path / "w"
+    w = _train_cli(folders, tiny_recon, out, 2, extra=["--colour-whiten", "--colour-weight", "1.0"])
+    assert all(torch.isfinite(v).all() for v in w.values())
+    assert json.loads((out / "train_config.json").read_text())["train"]["colour_whiten"] is True
