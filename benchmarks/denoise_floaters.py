@@ -29,14 +29,20 @@ from triflow3d.flow.sampling import denoise, get_schedule, guided_velocity
 from triflow3d.pipeline import TextTo3DPipeline
 
 
+def noised(x0n: torch.Tensor, t: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t = (1 - t) x0 + t eps with seeded noise, and the times (B,)."""
+    eps = torch.randn(x0n.shape, generator=torch.Generator().manual_seed(seed))
+    tt = torch.full((len(x0n),), t)
+    return interpolate(x0n, eps, tt), tt
+
+
 def integrated_estimates(pipe: TextTo3DPipeline, x0n: torch.Tensor, captions: list[str], t: float, cfg: float,
                          seed: int) -> torch.Tensor:  # fmt: skip
     """Normalised x0 (B, 3, C, R, R) noised to time t, then the pipeline's sampler from t to 0 (its steps
     below t, its sampler, guidance ``cfg``): what sampling makes of a true global structure."""
     if t == 0.0:
         return x0n
-    eps = torch.randn(x0n.shape, generator=torch.Generator().manual_seed(seed))
-    xt = interpolate(x0n, eps, torch.full((len(x0n),), t))
+    xt, _ = noised(x0n, t, seed)
     st = pipe.settings
     schedule = [t] + [s for s in get_schedule(st.steps, st.shift) if s < t]
     cond, uncond = pipe.conditions(captions, cfg)
@@ -50,9 +56,7 @@ def one_step_estimates(pipe: TextTo3DPipeline, x0n: torch.Tensor, captions: list
     """Normalised x0 (B, 3, C, R, R) -> the model's one-step clean estimates at time t (normalised)."""
     if t == 0.0:
         return x0n
-    eps = torch.randn(x0n.shape, generator=torch.Generator().manual_seed(seed))
-    tt = torch.full((len(x0n),), t)
-    xt = interpolate(x0n, eps, tt)
+    xt, tt = noised(x0n, t, seed)
     cond, uncond = pipe.conditions(captions, cfg)
     with torch.no_grad():
         v = guided_velocity(

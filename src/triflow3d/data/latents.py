@@ -99,13 +99,10 @@ def config_hash(model: torch.nn.Module) -> str:
     """A reconstructor's identity beside its name: sha256 of the config fields that decide its triplanes and
     field (16 hex digits); presentation-only fields (``baked_shading``) are left out."""
     c = model.config
-    cfg = (
-        c.identity_dict()
-        if hasattr(c, "identity_dict")
-        else c.to_dict()
-        if hasattr(c, "to_dict")
-        else vars(c)
-    )
+    if hasattr(c, "identity_dict"):
+        cfg = c.identity_dict()
+    else:
+        cfg = c.to_dict() if hasattr(c, "to_dict") else vars(c)
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -86,7 +86,8 @@ class ReconTrainConfig:
     covered colours (:func:`colour_metric`), so every colour axis of the data is learned alike. Plain MSE
     learns the weakest axis last: for the procedural shapes that is green-magenta (1/5 of the brightness
     variance), and ``lrm-small`` v3's planes had lost it (a linear probe of them recovers L* and b* but not
-    a*: red, green, purple and pink come back brown or grey)."""
+    a*: red, green, purple and pink come back brown or grey). The logged ``colour_mse`` is then the weighed
+    one; ``rgb_mse`` and PSNR stay plain."""
     occ_weight: float = 0.0
     """Weight of the direct 3D supervision (inside/outside BCE at the mesh threshold); 0 = off."""
     occ_points: int = 1024
