@@ -398,3 +398,37 @@ def test_config_hash_ignores_presentation_fields():
     assert ident(baked_shading=1.0) == ident(baked_shading=0.5)
     assert ident(triplane_dim=8) != ident(triplane_dim=4)
     assert ident(input_alpha=True) != ident(input_alpha=False)
+
+
+def test_rgb_skip_starts_as_a_no_op_folds_and_grows_a_trained_model():
+    """The decoder's linear rgb route is zero at the start (a model grown with it computes what the model
+    without it did), reaches only the colour logits, and folds through the planes like the first Linear."""
+    from triflow3d.triplane.decoder import NerfDecoder
+
+    plain = build_reconstructor(tiny_config(), seed=2).eval()
+    grown = build_reconstructor(tiny_config(rgb_skip=True), seed=2).eval()
+    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["synthesizer.decoder.rgb_skip.bias", "synthesizer.decoder.rgb_skip.weight"]
+    planes = torch.randn(2, *plain.triplane_shape, generator=torch.Generator().manual_seed(1))
+    pts = torch.rand(2, 300, 3) * 2 - 1
+    with torch.no_grad():
+        a, b = plain.query(planes, pts), grown.query(planes, pts)
+        assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["sigma"], b["sigma"])
+        dec = NerfDecoder(6, hidden=4, rgb_skip=True)
+        dec.rgb_skip.weight.normal_()
+        dec.rgb_skip.bias.normal_()
+        feats = torch.randn(5, 18)
+        plain_dec = NerfDecoder(6, hidden=4)
+        plain_dec.net.load_state_dict(dec.net.state_dict())
+        delta = dec(feats) - plain_dec(feats)
+        assert torch.equal(delta[:, 0], torch.zeros(5)) and delta[:, 1:].abs().min() > 0  # colour only
+        p6 = torch.randn(1, 3, 6, 5, 5)
+        from triflow3d.triplane.sampling import sample_planes, triplane_features
+
+        xyz = torch.rand(1, 40, 3) * 2 - 1
+        folded = dec.forward_folded(sample_planes(dec.fold_planes(p6), xyz))
+        torch.testing.assert_close(folded, dec(triplane_features(p6, xyz)), rtol=1e-4, atol=1e-5)
+    assert grown.config.identity_dict() != plain.config.identity_dict()
+    with pytest.raises(ConfigError, match="rgb_skip"):
+        tiny_config(rgb_skip=True, kind="mesh")
+    assert ReconstructorConfig.from_dict(grown.config.to_dict()).rgb_skip

@@ -42,15 +42,19 @@ _PARAM_FIELDS = (
     "plane_lift_depth",  # triflow3d extension (not upstream): full-resolution plane lift, see encoders/lift.py
     "input_alpha",  # triflow3d extension (not upstream): the lifts read the inputs' alpha, see encoders/lift.py
     "baked_shading",  # triflow3d extension (not upstream): mean shading of the training renders, mesh colours
+    "rgb_skip",  # triflow3d extension (not upstream): a linear route from the features to the rgb logits
 )
 _MESH_FIELDS = ("grid_res", "grid_scale")
 _VIT_FIELDS = tuple(f.name for f in dataclasses.fields(ViTParams))
 _OPTIONAL = {"triplane_high_res", "rendering_samples_per_ray", "grid_res", "grid_scale", "layer_norm_eps"}
 _OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding", "lift_depth", "plane_lift_depth"}
-_OPTIONAL |= {"input_alpha", "baked_shading"}
+_OPTIONAL |= {"input_alpha", "baked_shading", "rgb_skip"}
 # Fields that change only how meshes are coloured, never the triplanes or the field: not part of a
 # reconstructor's identity (latents made before such a field existed stay valid).
 _PRESENTATION_FIELDS = ("baked_shading",)
+# Extensions added after latents were first stored, with their off value: left out of the identity while
+# off, so adding an option never invalidates existing latents.
+_LATE_FIELDS_OFF = {"rgb_skip": False}
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,10 @@ class ReconstructorConfig(ViTParams):
     out, so vertex colours are albedo (:func:`triflow3d.triplane.mesh.albedo_from_radiance`). Volume
     renders are unchanged. ``lrm-small``: 0.815, measured by ``benchmarks/baked_shading.py`` on the
     project's training renders (headlight shading ``render.shading``, random views)."""
+    rgb_skip: bool = False
+    """Not upstream (off for InstantMesh): the NeRF decoder also maps the features linearly to its rgb
+    logits (:class:`triflow3d.triplane.decoder.NerfDecoder`), zero-initialised, so a model grown with it
+    starts as the model without it."""
     grid_res: int = 128
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
@@ -122,6 +130,8 @@ class ReconstructorConfig(ViTParams):
             raise ConfigError(f"rendering_samples_per_ray {self.rendering_samples_per_ray} must be even")
         if not 0.0 < self.baked_shading <= 1.0:
             raise ConfigError(f"baked_shading must be in (0, 1], got {self.baked_shading}")
+        if self.rgb_skip and self.kind != "nerf":
+            raise ConfigError("rgb_skip is a NeRF-decoder option (kind 'nerf')")
 
     @property
     def vit_params(self) -> ViTParams:
@@ -168,9 +178,14 @@ class ReconstructorConfig(ViTParams):
         }
 
     def identity_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the presentation-only fields: what decides the triplanes and the field."""
+        """:meth:`to_dict` without the presentation-only fields (and late extensions while off): what decides
+        the triplanes and the field."""
         d = self.to_dict()
-        d["params"] = {k: v for k, v in d["params"].items() if k not in _PRESENTATION_FIELDS}
+        d["params"] = {
+            k: v
+            for k, v in d["params"].items()
+            if k not in _PRESENTATION_FIELDS and not (k in _LATE_FIELDS_OFF and v == _LATE_FIELDS_OFF[k])
+        }
         return d
 
 
@@ -253,7 +268,9 @@ class TriplaneReconstructor(nn.Module):
             c.transformer_dim, c.encoder_feat_dim, c.transformer_layers, c.transformer_heads,
             c.triplane_low_res, c.triplane_dim,
         )  # fmt: skip
-        self.synthesizer = TriplaneField(c.triplane_dim, kind=c.kind, hidden=DECODER_HIDDEN)
+        self.synthesizer = TriplaneField(
+            c.triplane_dim, kind=c.kind, hidden=DECODER_HIDDEN, rgb_skip=c.rgb_skip
+        )
         self.lift = None
         if c.lift_depth:
             from triflow3d.encoders.lift import ProjectiveLift

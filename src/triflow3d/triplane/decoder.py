@@ -46,29 +46,51 @@ def mlp(n_in: int, n_out: int, hidden: int = 64) -> nn.Sequential:
 
 
 class NerfDecoder(nn.Module):
-    """features (..., 3C) -> raw (..., 4): channel 0 is sigma_raw, channels 1:4 are rgb logits."""
+    """features (..., 3C) -> raw (..., 4): channel 0 is sigma_raw, channels 1:4 are rgb logits.
 
-    def __init__(self, n_features: int, hidden: int = 64):
+    ``rgb_skip`` (a triflow3d extension, off for InstantMesh): a Linear from the features straight to the
+    rgb logits, added to the MLP's, zero-initialised (a no-op at the start, so a trained decoder can grow
+    it). Every colour direction of the features then reaches the output at full rank from the first step,
+    whatever the MLP has learned (``lrm-small`` v3's decoder barely expresses green-red, see its card).
+    """
+
+    def __init__(self, n_features: int, hidden: int = 64, rgb_skip: bool = False):
         super().__init__()
         self.n_features = n_features
         self.net = mlp(cv.NUM_PLANES * n_features, 4, hidden)
+        self.rgb_skip = None
+        if rgb_skip:
+            self.rgb_skip = nn.Linear(cv.NUM_PLANES * n_features, 3)
+            nn.init.zeros_(self.rgb_skip.weight)
+            nn.init.zeros_(self.rgb_skip.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        raw = self.net(features)
+        if self.rgb_skip is None:
+            return raw
+        return raw + F.pad(self.rgb_skip(features), (1, 0))  # (..., 4): nothing added to sigma
 
     def fold_planes(self, planes: torch.Tensor) -> torch.Tensor:
-        """Push the first Linear through the (linear) bilinear sampling: (B, 3, C, R, R) -> (B, 3, H, R, R).
+        """Push the first Linear (and the rgb skip) through the (linear) bilinear sampling:
+        (B, 3, C, R, R) -> (B, 3, H [+ 3], R, R).
 
         Sampling the folded planes and summing over planes equals ``net[0](features) - bias``, because
         bilinear interpolation with zero padding commutes with a linear map. It is cheaper when 3C > 3H.
         """
-        w = self.net[0].weight.reshape(-1, cv.NUM_PLANES, self.n_features)  # (H, 3, C)
+        w = self.net[0].weight
+        if self.rgb_skip is not None:
+            w = torch.cat([w, self.rgb_skip.weight])
+        w = w.reshape(-1, cv.NUM_PLANES, self.n_features)  # (H [+ 3], 3, C)
         return torch.einsum("hpc,bpcyx->bphyx", w, planes)
 
     def forward_folded(self, folded_samples: torch.Tensor) -> torch.Tensor:
-        """Samples of :meth:`fold_planes` output (B, 3, P, H) -> raw (B, P, 4)."""
-        h = folded_samples.sum(dim=1) + self.net[0].bias  # (B, P, H)
-        return self.net[1:](h)
+        """Samples of :meth:`fold_planes` output (B, 3, P, H [+ 3]) -> raw (B, P, 4)."""
+        s = folded_samples.sum(dim=1)  # (B, P, H [+ 3])
+        hidden = self.net[0].out_features
+        raw = self.net[1:](s[..., :hidden] + self.net[0].bias)
+        if self.rgb_skip is None:
+            return raw
+        return raw + F.pad(s[..., hidden:] + self.rgb_skip.bias, (1, 0))
 
 
 class MeshDecoder(nn.Module):

@@ -60,6 +60,7 @@ class TriplaneField(nn.Module):
         kind: Literal["nerf", "mesh"] = "nerf",
         hidden: int = 64,
         sdf_beta: float = SDF_BETA,
+        rgb_skip: bool = False,
     ):
         super().__init__()
         if kind not in ("nerf", "mesh"):
@@ -67,7 +68,11 @@ class TriplaneField(nn.Module):
         self.kind = kind
         self.n_features = n_features
         self.sdf_beta = sdf_beta
-        self.decoder = NerfDecoder(n_features, hidden) if kind == "nerf" else MeshDecoder(n_features, hidden)
+        if rgb_skip and kind != "nerf":
+            raise ConfigError("rgb_skip is a NeRF-decoder option")
+        self.decoder = (
+            NerfDecoder(n_features, hidden, rgb_skip) if kind == "nerf" else MeshDecoder(n_features, hidden)
+        )
 
     def prepare(self, planes: torch.Tensor) -> torch.Tensor | FoldedPlanes:
         """Planes in the cheapest form for many ``query`` calls (folded when that saves work)."""
