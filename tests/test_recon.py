@@ -553,3 +553,7 @@ def test_cli_trains_with_whitened_colours(folders, tmp_path, tiny_recon):
     w = _train_cli(folders, tiny_recon, out, 2, extra=["--colour-whiten", "--colour-weight", "1.0"])
     assert all(torch.isfinite(v).all() for v in w.values())
     assert json.loads((out / "train_config.json").read_text())["train"]["colour_whiten"] is True
+    _train_cli(folders, tiny_recon, tmp_path / "p", 2, extra=["--colour-weight", "1.0"])
+    first = [json.loads((run / "log.jsonl").read_text().splitlines()[0]) for run in (out, tmp_path / "p")]
+    assert first[0]["rgb_mse"] == first[1]["rgb_mse"]  # same model, same rays at step 1: plain MSE logged
+    assert first[0]["loss"] != first[1]["loss"]  # but the weighed colour errors are what is optimised

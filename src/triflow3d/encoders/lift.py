@@ -174,7 +174,7 @@ class PlaneLift(nn.Module):
         # On the CPU, one object at a time: an object's view samples and column statistics (V x F x 3R^2 D
         # floats, 14 MB for lrm-small) stay small enough for the allocator and the caches to reuse; batched,
         # this module is bound by memory traffic (2.4x slower for a batch of 8 on a 2-core CPU). Same result.
-        step = 1 if images.device.type == "cpu" else images.shape[0]
+        step = 1 if images.device.type == "cpu" else max(1, images.shape[0])
         return torch.cat(
             [
                 self.planes_of(
