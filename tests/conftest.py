@@ -36,6 +36,7 @@ _TINY_RECON = dict(
     encoder_feat_dim=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
     patch_size=8, image_size=16, transformer_dim=32, transformer_layers=1, transformer_heads=2,
     triplane_low_res=4, triplane_high_res=8, triplane_dim=4, rendering_samples_per_ray=8,
+    colour_planes=False,  # (lrm-small's column-colour planes: tests/test_encoders.py, test_recon.py grow)
 )  # fmt: skip
 
 

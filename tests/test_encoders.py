@@ -31,6 +31,7 @@ TOL = dict(rtol=1e-4, atol=2e-4)  # the parity README's recommendation for fp32 
 
 def tiny_config(**kw) -> ReconstructorConfig:
     base = dict(num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=64)
+    base |= dict(colour_planes=False, triplane_dim=8)  # test_colour_planes_* switch them on
     return dataclasses.replace(RECONSTRUCTOR_PRESETS["lrm-small"], **(base | kw))
 
 
@@ -432,3 +433,70 @@ def test_rgb_skip_starts_as_a_no_op_folds_and_grows_a_trained_model():
     with pytest.raises(ConfigError, match="rgb_skip"):
         tiny_config(rgb_skip=True, kind="mesh")
     assert ReconstructorConfig.from_dict(grown.config.to_dict()).rgb_skip
+
+
+def test_colour_planes_hold_the_column_colour_and_drive_the_decoder():
+    """With colour_planes the lift writes each column's hull-weighted view colour (a logit) after the learned
+    channels, and the decoder's rgb route starts as their mean over the planes: an object of one colour
+    comes back in that colour before any training (the route cannot lose a colour axis)."""
+    from triflow3d.cameras import zero123pp_rig
+    from triflow3d.encoders.lift import column_colour
+
+    # column_colour: a column inside the hull returns its colour's logit, one outside it grey (0)
+    rgb = torch.tensor([0.8, 0.3, 0.1]).view(1, 1, 3, 1, 1, 1).expand(1, 3, 3, 2, 2, 5)
+    hull = torch.zeros(1, 3, 2, 2, 5)
+    hull[..., 0, 0, 1:4] = 1.0
+    code = column_colour(rgb, hull)  # (1, 3, 3, 2, 2)
+    assert code.shape == (1, 3, 3, 2, 2) and torch.equal(code[..., 1, 1], torch.zeros(1, 3, 3))
+    want = torch.logit((3 * torch.tensor([0.8, 0.3, 0.1]) + 0.05) / 3.1)
+    torch.testing.assert_close(code[0, :, :, 0, 0], want.expand(3, 3))
+
+    cfg = tiny_config(colour_planes=True, triplane_dim=11, plane_lift_depth=8, image_size=64)
+    assert cfg.learned_dim == 8 and cfg.triplane_shape[1] == 11
+    model = build_reconstructor(cfg, seed=5).eval()
+    with torch.no_grad():  # the MLP's own colour off: what remains is the colour route's start
+        model.synthesizer.decoder.net[-1].weight[1:] = 0.0
+    rig = zero123pp_rig()
+    cams = rig.input_cameras()[None]  # (1, 6, 16)
+    images = torch.ones(1, 6, 4, 64, 64)
+    images[:, :, :3] = torch.tensor([0.2, 0.7, 0.3]).view(3, 1, 1)  # a green object filling every view
+    with torch.no_grad():
+        planes = model.forward_planes(images, cams)
+        centre = model.query(planes, torch.zeros(1, 1, 3))["rgb"][0, 0]
+    assert planes.shape == (1, 3, 11, 8, 8)
+    torch.testing.assert_close(centre, torch.tensor([0.2, 0.7, 0.3]), atol=0.01, rtol=0)
+    with pytest.raises(ConfigError, match="colour_planes"):
+        tiny_config(colour_planes=True, triplane_dim=11, plane_lift_depth=0)
+    with pytest.raises(ConfigError, match="colour_planes"):
+        tiny_config(colour_planes=True, triplane_dim=11, input_alpha=False)
+    assert ReconstructorConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_colour_planes_grow_a_trained_model_keeping_its_density():
+    """recon train --init grows a model without colour planes: same learned channels and density, the MLP's
+    colour replaced by the colour route (decoder_state_with_colour)."""
+    from triflow3d.cameras import zero123pp_rig
+    from triflow3d.recon.train import DECODER_PREFIX, decoder_state_with_colour, grown_state
+    from triflow3d.triplane.decoder import rgb_from_raw
+    from triflow3d.triplane.sampling import sample_planes
+
+    plain = build_reconstructor(tiny_config(plane_lift_depth=4), seed=6).eval()
+    grown = build_reconstructor(
+        tiny_config(plane_lift_depth=4, colour_planes=True, triplane_dim=11), seed=7
+    ).eval()
+    grown.load_state_dict(grown_state(plain, grown), strict=False)
+    with torch.no_grad():  # a trained-looking lift (its last layer starts at zero)
+        for m in (plain, grown):
+            g = torch.Generator().manual_seed(0)
+            torch.nn.init.normal_(m.plane_lift.context[-1].weight, std=0.1, generator=g)
+    images, cams = torch.rand(1, 6, 4, 64, 64), zero123pp_rig().input_cameras()[None]
+    pts = torch.rand(1, 500, 3) * 1.6 - 0.8
+    with torch.no_grad():
+        a, b = plain.forward_planes(images, cams), grown.forward_planes(images, cams)
+        assert torch.equal(a, b[:, :, :8])
+        qa, qb = plain.query(a, pts), grown.query(b, pts)
+        torch.testing.assert_close(qa["sigma_raw"], qb["sigma_raw"], rtol=1e-5, atol=1e-5)
+        mean_logit = sample_planes(b[:, :, 8:], pts).mean(1)  # (1, P, 3): the colour route's start
+        torch.testing.assert_close(qb["rgb"], rgb_from_raw(mean_logit), rtol=1e-4, atol=1e-4)
+    state = decoder_state_with_colour(plain.state_dict(), DECODER_PREFIX, 8)
+    assert state[DECODER_PREFIX + "net.0.weight"].shape == (64, 33)

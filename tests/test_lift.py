@@ -22,7 +22,7 @@ from triflow3d.errors import ConfigError
 from triflow3d.triplane.sampling import project_to_planes
 
 TINY = dict(num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=32, patch_size=8)
-TINY |= dict(plane_lift_depth=0)  # the lifts are switched on per test
+TINY |= dict(plane_lift_depth=0, colour_planes=False, triplane_dim=8)  # the lifts are switched on per test
 
 
 def tiny(**kw) -> ReconstructorConfig:

@@ -557,3 +557,30 @@ def test_cli_trains_with_whitened_colours(folders, tmp_path, tiny_recon):
     first = [json.loads((run / "log.jsonl").read_text().splitlines()[0]) for run in (out, tmp_path / "p")]
     assert first[0]["rgb_mse"] == first[1]["rgb_mse"]  # same model, same rays at step 1: plain MSE logged
     assert first[0]["loss"] != first[1]["loss"]  # but the weighed colour errors are what is optimised
+
+
+def test_cli_grows_a_trained_model_into_colour_planes(folders, tmp_path, tiny_recon):
+    """``recon grow`` writes the preset warm-started from a trained run, untrained: same learned channels and
+    density, three column-colour channels more (the shipped lrm-small v4 was made this way from v3)."""
+    _needs_renderer()
+    from triflow3d.cli import main
+    from triflow3d.encoders import load_reconstructor
+    from triflow3d.recon.data import load_recon_data
+    from triflow3d.recon.train import latest_checkpoint
+
+    tiny = tiny_recon | dict(plane_lift_depth=4)
+    _train_cli(folders, tiny, tmp_path / "run", 2)
+    spec = f"lrm-small:{latest_checkpoint(tmp_path / 'run') / 'model'}"
+    grown_cfg = tiny | dict(colour_planes=True, triplane_dim=7)
+    argv = ["recon", "grow", "--init", spec, "--model-config", json.dumps(grown_cfg)]
+    argv += ["--export", str(tmp_path / "g")]
+    assert main(argv) == 0
+    plain, grown = load_reconstructor(spec), load_reconstructor(f"lrm-small:{tmp_path / 'g'}")
+    assert grown.triplane_shape == (3, 7, 8, 8) and (tmp_path / "g" / "model_card.md").is_file()
+    data = load_recon_data([str(folders[0])], [], 16, 16)
+    images, cams = data.inputs[:1].float() / 255.0, data.input_cameras[:1]
+    pts = torch.rand(1, 200, 3) * 1.6 - 0.8
+    with torch.no_grad():
+        a, b = plain.forward_planes(images, cams), grown.forward_planes(images, cams)
+        assert torch.equal(a, b[:, :, :4])
+        torch.testing.assert_close(plain.query(a, pts)["sigma"], grown.query(b, pts)["sigma"])

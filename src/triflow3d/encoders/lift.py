@@ -138,6 +138,10 @@ class PlaneLift(nn.Module):
     column goes through a per-cell MLP (1x1 convolutions) with a learned per-plane position table, then
     3x3 convolutions for neighbourhood context. The last layer is zero-initialised, so the lift is added
     to the transformer's planes as a no-op at the start (and a trained model can be extended with it).
+
+    With ``colour``, three more channels follow the learned ones: each cell's **column colour**
+    (:func:`column_colour`), a fixed (unlearned) full-rank colour code that the decoder's rgb route reads
+    directly, so the planes cannot lose a colour axis (``lrm-small`` v3 lost green-red, see its card).
     """
 
     def __init__(
@@ -148,9 +152,12 @@ class PlaneLift(nn.Module):
         channels: int = 8,
         hidden: int = 64,
         alpha: bool = False,
+        colour: bool = False,
     ):
         super().__init__()
-        self.res, self.depth = res, depth
+        if colour and not alpha:
+            raise ValueError("the lift's colour planes weigh the column by the visual hull: they need alpha")
+        self.res, self.depth, self.colour = res, depth, colour
         raw = 4 if alpha else 3  # what view_samples appends to the CNN features
         self.cnn = nn.Sequential(
             nn.Conv2d(raw, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, channels, 3, padding=1)
@@ -197,4 +204,28 @@ class PlaneLift(nn.Module):
         stats = stats.unflatten(-1, (cv.NUM_PLANES, r, r, d))  # (B, 4F, 3, R, R, D)
         stats = stats.permute(0, 2, 1, 5, 3, 4).flatten(2, 3).flatten(0, 1)  # (B*3, 4F*D, R, R)
         h = self.cell(stats).unflatten(0, (b, cv.NUM_PLANES)) + self.pos.to(stats.dtype)  # (B, 3, hid, R, R)
-        return self.context(h.flatten(0, 1)).unflatten(0, (b, cv.NUM_PLANES))  # (B, 3, C, R, R)
+        planes = self.context(h.flatten(0, 1)).unflatten(0, (b, cv.NUM_PLANES))  # (B, 3, C, R, R)
+        if not self.colour:
+            return planes
+        hull = seen[:, :, -1].amin(1).unflatten(-1, (cv.NUM_PLANES, r, r, d))  # (B, 3, R, R, D)
+        rgb = mean[:, -4:-1].unflatten(-1, (cv.NUM_PLANES, r, r, d))  # (B, 3 rgb, 3, R, R, D)
+        return torch.cat([planes, column_colour(rgb.transpose(1, 2), hull).to(planes.dtype)], dim=2)
+
+
+COLOUR_CHANNELS = 3  # the plane lift's column-colour channels (``colour``), after the learned ones
+COLOUR_CLAMP = 0.02  # column colours are clamped to [c, 1 - c] before the logit (|code| <= 3.9)
+HULL_PRIOR = 0.1  # depth samples' worth of neutral grey mixed into every column's colour
+
+
+def column_colour(rgb: torch.Tensor, hull: torch.Tensor) -> torch.Tensor:
+    """The views' mean colour (B, 3 planes, 3 rgb, R, R, D) along each cell's column, weighted by the visual
+    hull (B, 3, R, R, D) (the min over the views of their alpha: 1 only where every view sees the object)
+    -> the column's colour as a logit, (B, 3, 3, R, R). A column that misses the hull gets 0 (grey): its
+    weighted mean is pulled to 0.5 by ``HULL_PRIOR`` depth samples' worth of grey.
+
+    The decoder's rgb route starts as the mean of the three columns' logits through a point
+    (:class:`triflow3d.triplane.decoder.NerfDecoder` ``colour_channels``), which for an object of one colour
+    is its colour (as the input views show it, shading included)."""
+    w = hull[:, :, None]  # (B, 3, 1, R, R, D)
+    mean = ((w * rgb).sum(-1) + 0.5 * HULL_PRIOR) / (w.sum(-1) + HULL_PRIOR)  # (B, 3, 3, R, R)
+    return torch.logit(mean.clamp(COLOUR_CLAMP, 1.0 - COLOUR_CLAMP))

@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from triflow3d import conventions as cv
+from triflow3d.encoders.lift import COLOUR_CHANNELS
 from triflow3d.encoders.transformer import TriplaneTransformer
 from triflow3d.encoders.vit import ModulatedViT, ViTParams
 from triflow3d.errors import ConfigError
@@ -43,18 +44,19 @@ _PARAM_FIELDS = (
     "input_alpha",  # triflow3d extension (not upstream): the lifts read the inputs' alpha, see encoders/lift.py
     "baked_shading",  # triflow3d extension (not upstream): mean shading of the training renders, mesh colours
     "rgb_skip",  # triflow3d extension (not upstream): a linear route from the features to the rgb logits
+    "colour_planes",  # triflow3d extension (not upstream): the plane lift writes column-colour channels
 )
 _MESH_FIELDS = ("grid_res", "grid_scale")
 _VIT_FIELDS = tuple(f.name for f in dataclasses.fields(ViTParams))
 _OPTIONAL = {"triplane_high_res", "rendering_samples_per_ray", "grid_res", "grid_scale", "layer_norm_eps"}
 _OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding", "lift_depth", "plane_lift_depth"}
-_OPTIONAL |= {"input_alpha", "baked_shading", "rgb_skip"}
+_OPTIONAL |= {"input_alpha", "baked_shading", "rgb_skip", "colour_planes"}
 # Fields that change only how meshes are coloured, never the triplanes or the field: not part of a
 # reconstructor's identity (latents made before such a field existed stay valid).
 _PRESENTATION_FIELDS = ("baked_shading",)
 # Extensions added after latents were first stored, with their off value: left out of the identity while
 # off, so adding an option never invalidates existing latents.
-_LATE_FIELDS_OFF = {"rgb_skip": False}
+_LATE_FIELDS_OFF = {"rgb_skip": False, "colour_planes": False}
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,13 @@ class ReconstructorConfig(ViTParams):
     """Not upstream (off for InstantMesh): the NeRF decoder also maps the features linearly to its rgb
     logits (:class:`triflow3d.triplane.decoder.NerfDecoder`), zero-initialised, so a model grown with it
     starts as the model without it."""
+    colour_planes: bool = False
+    """Not upstream (off for InstantMesh): the last 3 of the ``triplane_dim`` channels are not learned but
+    written by the plane lift: each cell's column colour as a logit (the views' mean colour along the column,
+    weighted by the visual hull, :func:`triflow3d.encoders.lift.column_colour`), and the decoder's rgb route
+    starts as their mean over the planes. Colour then reaches the planes and the output at full rank by
+    construction. Needs ``plane_lift_depth`` and ``input_alpha``; the transformer and the lift's learned part
+    write the other ``triplane_dim - 3`` channels."""
     grid_res: int = 128
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
@@ -132,6 +141,18 @@ class ReconstructorConfig(ViTParams):
             raise ConfigError(f"baked_shading must be in (0, 1], got {self.baked_shading}")
         if self.rgb_skip and self.kind != "nerf":
             raise ConfigError("rgb_skip is a NeRF-decoder option (kind 'nerf')")
+        if self.colour_planes and not (
+            self.kind == "nerf" and self.plane_lift_depth and self.input_alpha and self.triplane_dim > 3
+        ):
+            raise ConfigError(
+                "colour_planes needs kind 'nerf', a plane lift (plane_lift_depth > 0), input_alpha and "
+                "triplane_dim > 3"
+            )
+
+    @property
+    def learned_dim(self) -> int:
+        """Plane channels the transformer and the lift's learned part write (all but the colour planes)."""
+        return self.triplane_dim - (COLOUR_CHANNELS if self.colour_planes else 0)
 
     @property
     def vit_params(self) -> ViTParams:
@@ -266,11 +287,12 @@ class TriplaneReconstructor(nn.Module):
         self.encoder = CameraConditionedEncoder(c.vit_params, c.ray_embedding)
         self.transformer = TriplaneTransformer(
             c.transformer_dim, c.encoder_feat_dim, c.transformer_layers, c.transformer_heads,
-            c.triplane_low_res, c.triplane_dim,
+            c.triplane_low_res, c.learned_dim,
         )  # fmt: skip
         self.synthesizer = TriplaneField(
-            c.triplane_dim, kind=c.kind, hidden=DECODER_HIDDEN, rgb_skip=c.rgb_skip
-        )
+            c.triplane_dim, kind=c.kind, hidden=DECODER_HIDDEN, rgb_skip=c.rgb_skip,
+            colour_channels=COLOUR_CHANNELS if c.colour_planes else 0,
+        )  # fmt: skip
         self.lift = None
         if c.lift_depth:
             from triflow3d.encoders.lift import ProjectiveLift
@@ -283,8 +305,9 @@ class TriplaneReconstructor(nn.Module):
             from triflow3d.encoders.lift import PlaneLift
 
             self.plane_lift = PlaneLift(
-                2 * c.triplane_low_res, c.plane_lift_depth, c.triplane_dim, alpha=c.input_alpha
-            )
+                2 * c.triplane_low_res, c.plane_lift_depth, c.learned_dim, alpha=c.input_alpha,
+                colour=c.colour_planes,
+            )  # fmt: skip
 
     @property
     def triplane_shape(self) -> tuple[int, int, int, int]:
@@ -350,7 +373,9 @@ class TriplaneReconstructor(nn.Module):
         planes = self.transformer.to_planes(self.transformer_tokens(tokens, init))
         if self.plane_lift is not None:
             lift_alpha = self._lift_alpha(images, alpha)
-            planes = planes + self.plane_lift(images.to(self.compute_dtype), cameras, lift_alpha)
+            lifted = self.plane_lift(images.to(self.compute_dtype), cameras, lift_alpha)  # (B, 3, C, R, R)
+            k = planes.shape[2]  # the learned channels; the lift's colour planes (if any) follow them
+            planes = torch.cat([planes + lifted[:, :, :k], lifted[:, :, k:]], dim=2)
         return planes.float()
 
     def forward(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:

@@ -99,6 +99,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     x.add_argument("--eval-data")
     x.add_argument("--eval-views")
 
+    g = sub.add_parser(
+        "grow", help="a trained reconstructor grown into a larger config (no training), to a weights folder"
+    )
+    g.add_argument("--init", required=True, help="NAME or NAME:CHECKPOINT of the trained reconstructor")
+    g.add_argument("--preset", default="lrm-small", help="reconstructor preset to grow into")
+    g.add_argument("--model-config", help="JSON file or inline JSON of preset overrides")
+    g.add_argument("--export", required=True, help="weights folder to write (replaced)")
+
     r = sub.add_parser("reconstruct", help="views folder of one object, or an asset file -> mesh + renders")
     add_reconstruct_arguments(r)
 
@@ -134,9 +142,8 @@ def _load_encoder(args):
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "recon_command", None) is None:  # the top-level ``triflow3d reconstruct``
         return _reconstruct(args)
-    return {"train": _train, "eval": _eval, "export": _export, "reconstruct": _reconstruct}[
-        args.recon_command
-    ](args)
+    actions = {"train": _train, "eval": _eval, "export": _export, "grow": _grow, "reconstruct": _reconstruct}
+    return actions[args.recon_command](args)
 
 
 # --- train / export --------------------------------------------------------------------------------
@@ -196,6 +203,29 @@ def _train(args) -> int:
 
 def _export(args) -> int:
     export_run(Path(args.run), Path(args.export), args.eval_data, args.eval_views)
+    return 0
+
+
+def _grow(args) -> int:
+    """The preset (with overrides) warm-started from ``--init`` the way ``recon train --init`` starts, saved
+    untrained: the growth rules of :func:`triflow3d.recon.train.grown_state` decide the new weights."""
+    from triflow3d.encoders import save_reconstructor
+    from triflow3d.encoders.loading import build_reconstructor
+    from triflow3d.recon.train import warm_start
+
+    model = build_reconstructor(_model_config(args.preset, args.model_config), encoder_id=args.preset)
+    warm_start(model, args.init)
+    dest = save_reconstructor(model.eval(), args.export)
+    card = f"""# {args.preset}, grown from `{args.init}` (no training)
+
+- Command: `triflow3d recon grow --init {args.init} --preset {args.preset}` (+ `--model-config` if given)
+- Model config: `{json.dumps(model.config.to_dict(), sort_keys=True)}`
+- Measured quality: not measured (run `triflow3d recon eval`).
+"""
+    (dest / "model_card.md").write_text(card)
+    print(
+        json.dumps({"exported": str(dest), "init": args.init, "triplane_shape": list(model.triplane_shape)})
+    )
     return 0
 
 

@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from triflow3d import conventions as cv
 from triflow3d.encoders import (
     ReconstructorConfig,
     TriplaneReconstructor,
     build_reconstructor,
     save_reconstructor,
 )
+from triflow3d.encoders.lift import COLOUR_CHANNELS
 from triflow3d.errors import CheckpointError, ConfigError
 from triflow3d.recon.data import ReconData, sample_rays
 from triflow3d.recon.points import occupancy_loss
@@ -268,13 +270,32 @@ DECODER_PREFIX = "synthesizer.decoder."
 
 
 def grown_state(source: TriplaneReconstructor, target: TriplaneReconstructor) -> dict[str, torch.Tensor]:
-    """``source``'s state dict, its plane lift grown to read alpha when only ``target``'s does."""
+    """``source``'s state dict, its plane lift grown to read alpha when only ``target``'s does, and its
+    decoder grown to read colour planes when only ``target`` has them (:func:`decoder_state_with_colour`)."""
     state = source.state_dict()
     if target.config.input_alpha and not source.config.input_alpha and source.config.plane_lift_depth:
         from triflow3d.encoders.lift import plane_lift_state_with_alpha
 
         state = plane_lift_state_with_alpha(state, "plane_lift.", source.config.plane_lift_depth)
+    if target.config.colour_planes and not source.config.colour_planes:
+        state = decoder_state_with_colour(state, DECODER_PREFIX, source.config.triplane_dim)
     return state
+
+
+def decoder_state_with_colour(
+    state: dict[str, torch.Tensor], prefix: str, n_features: int, colour: int = COLOUR_CHANNELS
+) -> dict[str, torch.Tensor]:
+    """A NeRF decoder's state dict -> the same decoder reading ``colour`` more channels per plane: zero
+    input weights for them, so density is unchanged, and the MLP's rgb outputs zeroed, so the colour comes
+    from the grown decoder's rgb route alone at the start (its fresh init: the planes' colour logits).
+    Other keys pass through; features are plane-major."""
+    out = dict(state)
+    w = state[prefix + "net.0.weight"].unflatten(1, (cv.NUM_PLANES, n_features))  # (H, 3 planes, C)
+    out[prefix + "net.0.weight"] = torch.cat([w, w.new_zeros(*w.shape[:2], colour)], dim=2).flatten(1)
+    last_w, last_b = state[prefix + "net.6.weight"].clone(), state[prefix + "net.6.bias"].clone()
+    last_w[1:], last_b[1:] = 0.0, 0.0  # rows 1:4 are the rgb logits, row 0 the density
+    out[prefix + "net.6.weight"], out[prefix + "net.6.bias"] = last_w, last_b
+    return out
 
 
 def occupancy_term(

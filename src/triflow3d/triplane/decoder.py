@@ -52,17 +52,29 @@ class NerfDecoder(nn.Module):
     rgb logits, added to the MLP's, zero-initialised (a no-op at the start, so a trained decoder can grow
     it). Every colour direction of the features then reaches the output at full rank from the first step,
     whatever the MLP has learned (``lrm-small`` v3's decoder barely expresses green-red, see its card).
+
+    ``colour_channels`` (3 or 0; implies the skip): the last three channels of every plane hold a colour
+    logit (the plane lift's column colours, :func:`triflow3d.encoders.lift.column_colour`); the skip starts
+    as their mean over the three planes instead of zero, so the rgb output starts as that colour.
     """
 
-    def __init__(self, n_features: int, hidden: int = 64, rgb_skip: bool = False):
+    def __init__(self, n_features: int, hidden: int = 64, rgb_skip: bool = False, colour_channels: int = 0):
         super().__init__()
+        if colour_channels not in (0, 3) or colour_channels >= n_features:
+            raise ValueError(
+                f"colour_channels must be 0 or 3 (< {n_features} features), got {colour_channels}"
+            )
         self.n_features = n_features
         self.net = mlp(cv.NUM_PLANES * n_features, 4, hidden)
         self.rgb_skip = None
-        if rgb_skip:
+        if rgb_skip or colour_channels:
             self.rgb_skip = nn.Linear(cv.NUM_PLANES * n_features, 3)
             nn.init.zeros_(self.rgb_skip.weight)
             nn.init.zeros_(self.rgb_skip.bias)
+            with torch.no_grad():
+                w = self.rgb_skip.weight.view(3, cv.NUM_PLANES, n_features)  # features are plane-major
+                for k in range(colour_channels):
+                    w[k, :, n_features - colour_channels + k] = 1.0 / cv.NUM_PLANES
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         raw = self.net(features)

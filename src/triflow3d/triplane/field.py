@@ -61,6 +61,7 @@ class TriplaneField(nn.Module):
         hidden: int = 64,
         sdf_beta: float = SDF_BETA,
         rgb_skip: bool = False,
+        colour_channels: int = 0,
     ):
         super().__init__()
         if kind not in ("nerf", "mesh"):
@@ -68,10 +69,12 @@ class TriplaneField(nn.Module):
         self.kind = kind
         self.n_features = n_features
         self.sdf_beta = sdf_beta
-        if rgb_skip and kind != "nerf":
-            raise ConfigError("rgb_skip is a NeRF-decoder option")
+        if (rgb_skip or colour_channels) and kind != "nerf":
+            raise ConfigError("rgb_skip and colour channels are NeRF-decoder options")
         self.decoder = (
-            NerfDecoder(n_features, hidden, rgb_skip) if kind == "nerf" else MeshDecoder(n_features, hidden)
+            NerfDecoder(n_features, hidden, rgb_skip, colour_channels)
+            if kind == "nerf"
+            else MeshDecoder(n_features, hidden)
         )
 
     def prepare(self, planes: torch.Tensor) -> torch.Tensor | FoldedPlanes:
