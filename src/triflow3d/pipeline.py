@@ -529,9 +529,9 @@ def _load_reconstructor(
 
 # --- tiny random components (smoke runs, UI tests, benchmarks; never results) -------------------------
 RANDOM_TEXT_DIM = 32
-RANDOM_RECONSTRUCTOR = dict(  # overrides of lrm-small: planes 3 x 8 x 8 x 8 (5 learned + 3 colour channels)
+RANDOM_RECONSTRUCTOR = dict(  # overrides of lrm-small: planes 3 x 8 x 8 x 8 from 16-pixel views
     num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=16, patch_size=8,
-    rendering_samples_per_ray=8, triplane_dim=8,
+    rendering_samples_per_ray=8,
 )  # fmt: skip
 
 
