@@ -4,7 +4,7 @@
 
 Targets (2 CPU cores): prompt -> GLB <= 5 s with the model loaded; cold start (imports + load) <= 15 s;
 peak RSS <= 4 GB. Without ``--model`` the shipped ``weights/triflow-small`` is used; while it does not
-exist, a randomly initialised ``small`` TriFlow with lrm-small's triplane shape (3 x 8 x 32 x 32), the
+exist, a randomly initialised ``small`` TriFlow with lrm-small's triplane shape (3 x 11 x 32 x 32), the
 MiniLM text encoder and lrm-small (shipped weights, else random) is saved to a temporary folder and
 measured instead (the output says so). Sampling time does not depend on the weights; mesh time does: a
 random field either never reaches the density level (no mesh: a lower bound) or, at its median density,
@@ -19,7 +19,7 @@ accelerator, with random weights and a fake text encoder of the model's width, i
 
 - ``TextTo3DPipeline.sample``: ``--steps`` Euler steps with CFG ``--cfg`` (cond and uncond in one
   batched forward) for a batch of ``--prompts`` prompts, for each TriFlow preset (``small``: lrm-small's
-  3 x 8 x 32 x 32 triplane, MiniLM width 384; ``paper``: InstantMesh's 3 x 80 x 64 x 64, CLIP-L width
+  3 x 11 x 32 x 32 triplane, MiniLM width 384; ``paper``: InstantMesh's 3 x 80 x 64 x 64, CLIP-L width
   768; ``tiny``: 3 x 8 x 16 x 16 for smoke runs) and mode (fp32, bf16 autocast). One JSON line each.
 - triplane -> activated density grid (the mesh extraction's grid query, ``triplane.mesh.density_grid``,
   dense, at each ``--grid-res``) through the preset's reconstructor decoder (lrm-small / random
@@ -48,8 +48,8 @@ PROMPTS = ["a red office chair with wheels", "a blue ceramic mug with a handle",
 
 # The reconstructor whose triplanes (and decoder) each TriFlow preset is sized for (config overrides).
 RECONSTRUCTOR_OF = {
-    "tiny": ("lrm-small", {"triplane_low_res": 8}),  # 3 x 8 x 16 x 16, smoke runs only
-    "small": ("lrm-small", {}),  # 3 x 8 x 32 x 32
+    "tiny": ("lrm-small", {"triplane_low_res": 8}),  # 3 x 11 x 16 x 16, smoke runs only
+    "small": ("lrm-small", {}),  # 3 x 11 x 32 x 32
     "paper": ("instantmesh-nerf-large", {}),  # 3 x 80 x 64 x 64
 }
 
@@ -148,6 +148,8 @@ def random_preset_pipeline(preset: str, device: str):
     """A TextTo3DPipeline of a random ``preset`` TriFlow, a random reconstructor of its triplane shape and
     a fake text encoder of its width, all on ``device`` (nothing saved or downloaded); fp32 (set
     ``.autocast`` for bf16)."""
+    import dataclasses
+
     import torch
 
     from triflow3d.encoders import build_reconstructor, resolve_config
@@ -161,7 +163,7 @@ def random_preset_pipeline(preset: str, device: str):
         build_reconstructor(resolve_config(name, overrides), name, device), torch.float32, device
     )
     torch.manual_seed(0)
-    params = TRIFLOW_PRESETS[preset]
+    params = dataclasses.replace(TRIFLOW_PRESETS[preset], plane_channels=recon.triplane_shape[1])
     text = FakeTextEncoder(dim=params.text_dim, max_length=77, device=device)
     normalizer = LatentNormalizer(params.plane_channels, encoder_id=name)
     return TextTo3DPipeline(random_triflow(params, device), normalizer, text, recon)

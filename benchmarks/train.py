@@ -4,8 +4,9 @@
     python3 benchmarks/train.py --preset paper --device cuda --batch 32 --warmup 3 --steps 10   # GPU (benchmarks/gpu.sh)
 
 Synthetic latents of the triplane shape the preset's model implies (``TriFlowParams.plane_channels`` and
-``plane_res``): ``small`` 3 x 8 x 32 x 32 (lrm-small's), ``paper`` 3 x 80 x 64 x 64 (InstantMesh's
-triplane, as in the paper), ``tiny`` 3 x 8 x 16 x 16; ``--triplane C,R`` overrides. A fake text encoder
+``plane_res``): ``small`` 3 x 8 x 32 x 32 (lrm-small v3's; the shipped v4's is ``--triplane 11,32``),
+``paper`` 3 x 80 x 64 x 64 (InstantMesh's triplane, as in the paper), ``tiny`` 3 x 8 x 16 x 16;
+``--triplane C,R`` overrides. A fake text encoder
 of width ``--text-dim`` (default: the model preset's ``text_dim``, 384 = MiniLM for ``small``, 768 =
 CLIP-L for ``paper``); captions are embedded once before training, so the encoder does not affect step
 time. Flow loss only: the perceptual rendering loss is off (the ``paper`` preset's lpips-vgg needs weight

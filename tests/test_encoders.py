@@ -183,7 +183,7 @@ def test_presets_and_specs():
         RECONSTRUCTOR_PRESETS["instantmesh-mesh-base"].kind == "mesh"
         and RECONSTRUCTOR_PRESETS["instantmesh-mesh-base"].grid_res == 128
     )
-    assert RECONSTRUCTOR_PRESETS["lrm-small"].triplane_shape == (3, 8, 32, 32)
+    assert RECONSTRUCTOR_PRESETS["lrm-small"].triplane_shape == (3, 11, 32, 32)
     assert parse_encoder_spec("instantmesh-nerf-large:/x/y.ckpt") == ("instantmesh-nerf-large", "/x/y.ckpt")
     assert parse_encoder_spec("lrm-small") == ("lrm-small", None)
     with pytest.raises(ConfigError, match="unknown reconstructor"):
@@ -299,7 +299,7 @@ def test_shipped_lrm_small_loads():
     if not (WEIGHTS_DIR / "lrm-small" / "model.safetensors").exists():
         pytest.skip("lrm-small weights are not shipped in this checkout")
     model = load_reconstructor("lrm-small")
-    assert model.encoder_id == "lrm-small" and model.triplane_shape == (3, 8, 32, 32)
+    assert model.encoder_id == "lrm-small" and model.triplane_shape == (3, 11, 32, 32)
     assert model.config == RECONSTRUCTOR_PRESETS["lrm-small"]
     assert (WEIGHTS_DIR / "lrm-small" / "model.safetensors").stat().st_size < 20e6  # the limit
 
@@ -312,7 +312,7 @@ def test_lrm_small_without_shipped_weights(tmp_path, monkeypatch):
         load_reconstructor("lrm-small")
     a = load_reconstructor("lrm-small", allow_random=True)
     b = load_reconstructor("lrm-small", allow_random=True)
-    assert a.encoder_id == "lrm-small" and a.triplane_shape == (3, 8, 32, 32)
+    assert a.encoder_id == "lrm-small" and a.triplane_shape == (3, 11, 32, 32)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())  # seeded
 
 

@@ -169,6 +169,28 @@ def test_mismatched_encoder_or_shape_is_a_config_error(latents, tmp_path):
             Trainer(tiny(bad, tmp_path / "run"), resume=tmp_path / "run")
 
 
+def test_grow_fine_tunes_onto_latents_with_appended_channels(latents, tmp_path):
+    source = Trainer(tiny(latents, tmp_path / "run", steps=2))
+    source.fit()
+    wide = make_latents(tmp_path / "wide", shape=(3, 11, 16, 16))
+    with pytest.raises(ConfigError, match="triplane shape"):
+        Trainer(tiny(wide, tmp_path / "plain"), init=tmp_path / "run")
+    with pytest.raises(ConfigError, match="give --init"):
+        Trainer(tiny(wide, tmp_path / "noinit"), grow=True)
+    grown = Trainer(tiny(wide, tmp_path / "ft", steps=2), init=tmp_path / "run", grow=True)
+    assert grown.params.plane_channels == 11 and grown.normalizer.mean.shape == (3, 11, 1, 1)
+    x, t = torch.randn(2, 3, 11, 16, 16), torch.tensor([0.3, 0.7])
+    emb = grown.text(["a red car", ""], torch.device("cpu"))
+    with torch.no_grad():
+        v = grown.raw(x, t, **emb.as_kwargs())
+        v_old = source.ema(x[:, :, :8].contiguous(), t, **emb.as_kwargs())
+    assert torch.allclose(v[:, :, :8], v_old, atol=1e-6)  # the old channels: the source model exactly
+    assert torch.equal(v[:, :, 8:], torch.zeros_like(v[:, :, 8:]))  # new channels: zero velocity at first
+    grown.fit()
+    loaded = load_model(ck.resolve_checkpoint(tmp_path / "ft"))
+    assert loaded.model.params.plane_channels == 11 and loaded.config["encoder"]["triplane_shape"][1] == 11
+
+
 def test_nan_step_is_skipped(latents, tmp_path):
     trainer = Trainer(tiny(latents, tmp_path, steps=4))
     original = trainer.micro_loss

@@ -529,9 +529,9 @@ def _load_reconstructor(
 
 # --- tiny random components (smoke runs, UI tests, benchmarks; never results) -------------------------
 RANDOM_TEXT_DIM = 32
-RANDOM_RECONSTRUCTOR = dict(  # overrides of lrm-small: planes 3 x 8 x 8 x 8 from 16-pixel views
+RANDOM_RECONSTRUCTOR = dict(  # overrides of lrm-small: planes 3 x 8 x 8 x 8 (5 learned + its 3 colour channels)
     num_hidden_layers=1, transformer_layers=1, triplane_low_res=4, image_size=16, patch_size=8,
-    rendering_samples_per_ray=8,
+    rendering_samples_per_ray=8, triplane_dim=8,
 )  # fmt: skip
 
 
@@ -544,9 +544,16 @@ def random_reconstructor(encoder_id: str = "random-tiny", seed: int = 0) -> Trip
     ).eval()
 
 
-def random_triflow(seed: int = 0, text_dim: int = RANDOM_TEXT_DIM) -> TriFlow:
-    """TriFlow ``tiny`` at R = 8 with every weight drawn (adaLN-Zero would start at zero velocity)."""
-    params = dataclasses.replace(TRIFLOW_PRESETS["tiny"], plane_res=8, patch=2, text_dim=text_dim)
+def random_triflow(seed: int = 0, text_dim: int = RANDOM_TEXT_DIM, channels: int | None = None) -> TriFlow:
+    """TriFlow ``tiny`` at R = 8 (C: ``channels``, default the random reconstructor's) with every weight
+    drawn (adaLN-Zero would start at zero velocity)."""
+    if channels is None:
+        from triflow3d.encoders import resolve_config
+
+        channels = resolve_config("lrm-small", RANDOM_RECONSTRUCTOR).triplane_dim
+    params = dataclasses.replace(
+        TRIFLOW_PRESETS["tiny"], plane_channels=channels, plane_res=8, patch=2, text_dim=text_dim
+    )
     model = TriFlow(params)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -560,7 +567,7 @@ def random_pipeline(seed: int = 0, encoder_id: str = "random-tiny", **parts: Any
     noise-shaped objects in well under a second. ``parts`` replace any ``TextTo3DPipeline`` argument."""
     recon = random_reconstructor(encoder_id, seed)
     defaults = dict(
-        model=random_triflow(seed), normalizer=LatentNormalizer(recon.triplane_shape[1], encoder_id=encoder_id),
+        model=random_triflow(seed, channels=recon.triplane_shape[1]), normalizer=LatentNormalizer(recon.triplane_shape[1], encoder_id=encoder_id),
         text_encoder=FakeTextEncoder(RANDOM_TEXT_DIM), reconstructor=recon,
         settings=SamplerSettings(steps=4, cfg=3.0),
     )  # fmt: skip

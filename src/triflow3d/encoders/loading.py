@@ -48,8 +48,8 @@ RECONSTRUCTOR_PRESETS: dict[str, ReconstructorConfig] = {
     "instantmesh-nerf-large": ReconstructorConfig(**_DINO_VITB16, **_LARGE),
     "instantmesh-mesh-base": ReconstructorConfig(**_DINO_VITB16, **_BASE, **_MESH),
     "instantmesh-mesh-large": ReconstructorConfig(**_DINO_VITB16, **_LARGE, **_MESH),
-    # Our own CPU-trainable reconstructor: 128 px views (16x16 patches), planes 3 x 8 x 32 x 32, plane lift
-    # reading RGBA inputs.
+    # Our own CPU-trainable reconstructor: 128 px views (16x16 patches), planes 3 x 11 x 32 x 32 (8 learned
+    # channels + 3 column-colour channels written by the plane lift), plane lift reading RGBA inputs.
     "lrm-small": ReconstructorConfig(
         encoder_feat_dim=128,
         hidden_size=128,
@@ -63,12 +63,13 @@ RECONSTRUCTOR_PRESETS: dict[str, ReconstructorConfig] = {
         transformer_heads=4,
         triplane_low_res=16,
         triplane_high_res=32,
-        triplane_dim=8,
+        triplane_dim=11,
         rendering_samples_per_ray=64,
         ray_embedding=True,
         plane_lift_depth=16,
         input_alpha=True,
         baked_shading=0.815,
+        colour_planes=True,
     ),  # fmt: skip
 }
 

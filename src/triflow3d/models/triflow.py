@@ -122,6 +122,31 @@ TRIFLOW_PRESETS: dict[str, TriFlowParams] = {
 TRIFLOW_PRESETS.update({f"{k}-dit": replace(v, arch="dit") for k, v in list(TRIFLOW_PRESETS.items())})
 
 
+def grow_plane_channels(
+    state: dict[str, Tensor], params: TriFlowParams, channels: int
+) -> tuple[TriFlowParams, dict[str, Tensor]]:
+    """A trained model's weights for triplanes with ``channels`` > C channels, the new ones appended.
+
+    The triplane input Linear gets zero columns for the new channels and the output Linear zero rows
+    (patch values are ordered (C p q)), so the grown model ignores the new channels and predicts zero
+    velocity on them: on the old channels it is the trained model, exactly. Used to fine-tune a
+    generator onto an encoder grown with extra channels (``triflow3d train --init CKPT --grow``).
+    """
+    c = params.plane_channels
+    if channels <= c:
+        raise ConfigError(f"cannot grow a model of {c} plane channels to {channels}")
+    grown = replace(params, plane_channels=channels)
+    pp, out = params.patch**2, dict(state)
+    w_in = state["triplane_in.weight"].reshape(params.hidden, c, pp)  # (D, C, p^2)
+    out["triplane_in.weight"] = torch.cat(
+        [w_in, w_in.new_zeros(params.hidden, channels - c, pp)], dim=1
+    ).reshape(params.hidden, grown.patch_dim)
+    w_out, b_out = state["final.linear.weight"], state["final.linear.bias"]  # (C p^2, D), (C p^2,)
+    out["final.linear.weight"] = torch.cat([w_out, w_out.new_zeros((channels - c) * pp, params.hidden)])
+    out["final.linear.bias"] = torch.cat([b_out, b_out.new_zeros((channels - c) * pp)])
+    return grown, out
+
+
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (works on the meta device)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -72,14 +72,23 @@ def save_checkpoint(
     return Path(path)
 
 
-def check_compatible(ckpt_config: dict[str, Any], encoder: dict[str, Any], ckpt: str, latents: str) -> None:
-    """ConfigError unless the latents come from the checkpoint's encoder with its triplane shape."""
+def check_compatible(
+    ckpt_config: dict[str, Any], encoder: dict[str, Any], ckpt: str, latents: str, grow: bool = False
+) -> None:
+    """ConfigError unless the latents come from the checkpoint's encoder with its triplane shape; with
+    ``grow``, the latents may carry more channels than the checkpoint's (appended ones, ``--grow``)."""
     want = ckpt_config.get("encoder", {})
+    want_shape = [int(s) for s in want.get("triplane_shape", [])]
     got_shape = [int(s) for s in encoder.get("triplane_shape", [])]
-    if encoder.get("encoder") != want.get("encoder") or got_shape != list(want.get("triplane_shape", [])):
+    grown = (
+        grow and len(got_shape) == len(want_shape) == 4 and got_shape[1] > want_shape[1]
+        and got_shape[::2] == want_shape[::2] and got_shape[3] == want_shape[3]
+    )  # fmt: skip
+    if encoder.get("encoder") != want.get("encoder") or (got_shape != want_shape and not grown):
+        more = " (--grow: the same shape with more channels)" if grow else ""
         raise ConfigError(
             f"latents {latents} were made by encoder {encoder.get('encoder')!r} with triplane shape {got_shape}, "
-            f"but checkpoint {ckpt} was trained on {want.get('encoder')!r} with {want.get('triplane_shape')}"
+            f"but checkpoint {ckpt} was trained on {want.get('encoder')!r} with {want.get('triplane_shape')}{more}"
         )
 
 

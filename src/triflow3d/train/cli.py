@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", default="small", choices=sorted(PRESETS), help="defaults (default: small)"
     )
     parser.add_argument("--init", help="fine-tune from this checkpoint (or run folder): weights only")
+    parser.add_argument(
+        "--grow",
+        action="store_true",
+        help="with --init: the latents carry extra channels appended by a grown encoder (recon grow); the "
+        "model grows to them, starting as the checkpoint's on the old channels",
+    )
     parser.add_argument("--resume", help="continue this run folder (or checkpoint) exactly, with its config")
     parser.add_argument(
         "--time-budget", type=float, help="seconds: shorten --steps so the run ends in time (Trainer.fit)"
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s"
     )
     cfg = config_from_args(args)
-    stats = train(cfg, init=args.init, resume=args.resume, time_budget=args.time_budget)
+    stats = train(cfg, init=args.init, resume=args.resume, time_budget=args.time_budget, grow=args.grow)
     if rank == 0:
         loss = stats.get("loss", float("nan"))
         print(f"trained: loss {loss:.4f}; checkpoints in {cfg.out}/checkpoints")

@@ -45,7 +45,7 @@ from triflow3d.flow.path import interpolate, loss_by_t_bin, rf_loss, velocity_ta
 from triflow3d.latents.normalizer import LatentNormalizer
 from triflow3d.models.text_encoder import TextEmbedding, TextEncoder
 from triflow3d.models.text_table import TextTableEncoder
-from triflow3d.models.triflow import TriFlow, TriFlowParams
+from triflow3d.models.triflow import TriFlow, TriFlowParams, grow_plane_channels
 from triflow3d.train import checkpoint as ck
 from triflow3d.train.batches import BatchPlan, RankBatches, collate
 from triflow3d.train.build import build_normalizer, check_batch, model_params, open_run_latents
@@ -100,6 +100,9 @@ class Trainer:
 
     ``init``: start from a checkpoint's (EMA) weights, normaliser and text centre with a fresh optimizer
     (fine-tuning). ``resume``: continue a run exactly (weights, EMA, optimizer, step, RNG states).
+    ``grow`` (with ``init``): the latents have more channels than the checkpoint's model, appended by a
+    grown encoder (``triflow3d recon grow``); the model grows to them (``grow_plane_channels``: it starts
+    as the checkpoint's on the old channels) and the normaliser comes from the new latents.
     ``dataset``, ``text_encoder`` and ``field`` (the frozen renderer) can be injected (tests, notebooks);
     ``params``: the architecture of a fresh run (default: the preset's, sized by the data and the text
     encoder); a run from a checkpoint keeps the checkpoint's.
@@ -116,12 +119,15 @@ class Trainer:
         field: nn.Module | None = None,
         dist_info: DistInfo | None = None,
         params: TriFlowParams | None = None,
+        grow: bool = False,
     ):
         if not cfg.out:
             raise ConfigError("no run folder given (--out)")
         if init and resume:
             raise ConfigError("give --init (fine-tune from weights) or --resume (continue a run), not both")
-        self.cfg = cfg
+        if grow and not init:
+            raise ConfigError("--grow grows the --init checkpoint's model: give --init")
+        self.cfg, self.grow = cfg, grow
         self.info = dist_info or setup_distributed(cfg.device)
         self.device = self.info.device
         self.log = RunLogger(Path(cfg.out), self.info.main)
@@ -164,7 +170,7 @@ class Trainer:
         if self.source is None:
             return {}
         conf = ck.read_config(self.source)
-        ck.check_compatible(conf, self.dataset.encoder, str(self.source), str(self.cfg.latents))
+        ck.check_compatible(conf, self.dataset.encoder, str(self.source), str(self.cfg.latents), self.grow)
         want = conf.get("text_encoder", {}).get("name")
         if want != self.encoder.name:
             raise ConfigError(
@@ -186,10 +192,18 @@ class Trainer:
             self.ema = copy.deepcopy(self.raw).requires_grad_(False).eval()
             return
         start = ck.read_weights(self.source, ema=not resume)  # fine-tuning starts from the EMA weights
-        ck.load_strict(self.raw, start["model"], str(self.source))
-        self.normalizer = LatentNormalizer.from_config(self.source_config["normalizer"])
-        ck.load_strict(self.normalizer, start["normalizer"], f"{self.source} (normalizer)")
-        self.normalizer.to(self.device)
+        channels = self.dataset.triplane_shape[1]
+        if self.grow and channels != params.plane_channels:
+            params, state = grow_plane_channels(start["model"], params, channels)
+            self.raw, self.params = TriFlow(params).to(self.device), params
+            ck.load_strict(self.raw, state, str(self.source))
+            self.normalizer = build_normalizer(cfg, self.dataset).to(self.device)
+            logger.info("grew %s to %d plane channels (new ones appended)", self.source, channels)
+        else:
+            ck.load_strict(self.raw, start["model"], str(self.source))
+            self.normalizer = LatentNormalizer.from_config(self.source_config["normalizer"])
+            ck.load_strict(self.normalizer, start["normalizer"], f"{self.source} (normalizer)")
+            self.normalizer.to(self.device)
         self.ema = copy.deepcopy(self.raw).requires_grad_(False).eval()
         if resume:
             ck.load_strict(self.ema, ck.read_weights(self.source, ema=True)["model"], str(self.source))
@@ -593,10 +607,14 @@ def resume_config(path: str | Path, **overrides: Any) -> TrainConfig:
 
 
 def train(
-    cfg: TrainConfig, init: str | None = None, resume: str | None = None, time_budget: float | None = None
+    cfg: TrainConfig,
+    init: str | None = None,
+    resume: str | None = None,
+    time_budget: float | None = None,
+    grow: bool = False,
 ) -> dict[str, Any]:
     """Build a Trainer and run it to ``cfg.steps`` (or its ``time_budget``); returns the last statistics."""
-    trainer = Trainer(cfg, init=init, resume=resume)
+    trainer = Trainer(cfg, init=init, resume=resume, grow=grow)
     try:
         return trainer.fit(time_budget=time_budget)
     finally:
