@@ -54,12 +54,18 @@ v3=lrm-small:runs/lrm-small-v3/checkpoints/step_0002100/model
 # which fixed its length at 2823 after the first timed steps; --steps 2823 gives the same schedule)
 "$bin/triflow3d" train --preset small --data data/latents_v3/train --out runs/triflow-small-v3 --steps 2823 --no-bf16 \
   --lr 6e-4 --min-lr 6e-5 --warmup-steps 100 --ema-decay 0.995 --log-every 25 --ckpt-every 250 --sample-every 0
-# 3b. the shipped model: 3a grown to the 11-channel latents (zero weights on the colour channels at first:
+# 3b. 3a grown to the 11-channel latents (zero weights on the colour channels at first:
 # it starts as 3a on the geometry) and fine-tuned on them, 1500 steps, ~32 min. (Trained from scratch on
 # these latents with 3a's recipe instead, it reached colour 0.82 but category 0.37: the model cards.)
 "$bin/triflow3d" train --init runs/triflow-small-v3 --grow --preset small --data data/latents/train \
-  --out runs/triflow-small --steps 1500 --no-bf16 --lr 3e-4 --min-lr 3e-5 --warmup-steps 20 --ema-decay 0.995 \
+  --out runs/triflow-small-stage2 --steps 1500 --no-bf16 --lr 3e-4 --min-lr 3e-5 --warmup-steps 20 --ema-decay 0.995 \
   --log-every 25 --ckpt-every 250 --sample-every 0
+# 3c. the shipped model: 3b + 400 steps with the rendering loss at weight 10 (random-VGG features + L1 on
+# 32 px renders of the predicted clean triplane through the frozen lrm-small; not LPIPS), ~30 min
+"$bin/triflow3d" train --init runs/triflow-small-stage2 --preset small --data data/latents/train \
+  --out runs/triflow-small --steps 400 --no-bf16 --lr 2e-4 --min-lr 2e-5 --warmup-steps 20 --ema-decay 0.995 \
+  --ckpt-every 100 --log-every 25 --sample-every 0 --perceptual random-vgg --perceptual-size 32 \
+  --perceptual-l1 1.0 --perceptual-weight 10
 
 # 4. package the EMA weights with a reference to the shipped lrm-small
 "$bin/python" - <<'PY'
