@@ -544,13 +544,11 @@ def random_reconstructor(encoder_id: str = "random-tiny", seed: int = 0) -> Trip
     ).eval()
 
 
-def random_triflow(seed: int = 0, text_dim: int = RANDOM_TEXT_DIM, channels: int | None = None) -> TriFlow:
-    """TriFlow ``tiny`` at R = 8 (C: ``channels``, default the random reconstructor's) with every weight
-    drawn (adaLN-Zero would start at zero velocity)."""
-    if channels is None:
-        from triflow3d.encoders import resolve_config
-
-        channels = resolve_config("lrm-small", RANDOM_RECONSTRUCTOR).triplane_dim
+def random_triflow(
+    seed: int = 0, text_dim: int = RANDOM_TEXT_DIM, channels: int = RANDOM_RECONSTRUCTOR["triplane_dim"]
+) -> TriFlow:
+    """TriFlow ``tiny`` at R = 8 for ``channels``-channel planes (default: the random reconstructor's) with
+    every weight drawn (adaLN-Zero would start at zero velocity)."""
     params = dataclasses.replace(
         TRIFLOW_PRESETS["tiny"], plane_channels=channels, plane_res=8, patch=2, text_dim=text_dim
     )
@@ -567,7 +565,7 @@ def random_pipeline(seed: int = 0, encoder_id: str = "random-tiny", **parts: Any
     noise-shaped objects in well under a second. ``parts`` replace any ``TextTo3DPipeline`` argument."""
     recon = random_reconstructor(encoder_id, seed)
     defaults = dict(
-        model=random_triflow(seed, channels=recon.triplane_shape[1]), normalizer=LatentNormalizer(recon.triplane_shape[1], encoder_id=encoder_id),
+        model=random_triflow(seed), normalizer=LatentNormalizer(recon.triplane_shape[1], encoder_id=encoder_id),
         text_encoder=FakeTextEncoder(RANDOM_TEXT_DIM), reconstructor=recon,
         settings=SamplerSettings(steps=4, cfg=3.0),
     )  # fmt: skip

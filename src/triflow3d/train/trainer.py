@@ -180,30 +180,27 @@ class Trainer:
 
     def _build_model(self, resume: bool, params: TriFlowParams | None) -> None:
         cfg = self.cfg
+        start, grown = None, False
         if self.source is not None:
             params = TriFlowParams(**self.source_config["triflow_params"])
+            start = ck.read_weights(self.source, ema=not resume)  # fine-tuning starts from the EMA weights
+            channels = self.dataset.triplane_shape[1]
+            if grown := self.grow and channels != params.plane_channels:
+                params, start["model"] = grow_plane_channels(start["model"], params, channels)
+                logger.info("grew %s to %d plane channels (new ones appended)", self.source, channels)
         elif params is None:
             params = model_params(cfg, self.dataset.triplane_shape, self.encoder.dim)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.raw = TriFlow(params).to(self.device)
         self.params = params
-        if self.source is None:
+        if start is None or grown:  # a fresh run, or new channels: statistics of these latents
             self.normalizer = build_normalizer(cfg, self.dataset).to(self.device)
-            self.ema = copy.deepcopy(self.raw).requires_grad_(False).eval()
-            return
-        start = ck.read_weights(self.source, ema=not resume)  # fine-tuning starts from the EMA weights
-        channels = self.dataset.triplane_shape[1]
-        if self.grow and channels != params.plane_channels:
-            params, state = grow_plane_channels(start["model"], params, channels)
-            self.raw, self.params = TriFlow(params).to(self.device), params
-            ck.load_strict(self.raw, state, str(self.source))
-            self.normalizer = build_normalizer(cfg, self.dataset).to(self.device)
-            logger.info("grew %s to %d plane channels (new ones appended)", self.source, channels)
         else:
-            ck.load_strict(self.raw, start["model"], str(self.source))
             self.normalizer = LatentNormalizer.from_config(self.source_config["normalizer"])
             ck.load_strict(self.normalizer, start["normalizer"], f"{self.source} (normalizer)")
             self.normalizer.to(self.device)
+        if start is not None:
+            ck.load_strict(self.raw, start["model"], str(self.source))
         self.ema = copy.deepcopy(self.raw).requires_grad_(False).eval()
         if resume:
             ck.load_strict(self.ema, ck.read_weights(self.source, ema=True)["model"], str(self.source))
