@@ -387,8 +387,9 @@ def test_mesh_colours_divide_out_the_baked_shading():
 
 
 def test_config_hash_ignores_presentation_fields():
-    """Latents stay valid when only how meshes are coloured changes (baked_shading was added after the
-    shipped v3 latents were made); any field that decides the triplanes changes the identity."""
+    """Latents stay valid when only how meshes are coloured (baked_shading, added after the shipped v3
+    latents were made) or how the field reads the planes (plane_filter) changes; any field that decides
+    the triplanes changes the identity."""
     from types import SimpleNamespace
 
     from triflow3d.data.latents import config_hash
@@ -397,6 +398,12 @@ def test_config_hash_ignores_presentation_fields():
         return config_hash(SimpleNamespace(config=tiny_config(**kw)))
 
     assert ident(baked_shading=1.0) == ident(baked_shading=0.5)
+    assert ident(plane_filter=0.25) == ident(plane_filter=0.0)  # reads the planes, does not make them
+    assert ReconstructorConfig.from_dict(tiny_config(plane_filter=0.25).to_dict()).plane_filter == 0.25
+    with pytest.raises(ConfigError, match="plane_filter"):
+        tiny_config(plane_filter=0.25, kind="mesh")
+    with pytest.raises(ConfigError, match="plane_filter"):
+        tiny_config(plane_filter=0.3)
     assert ident(triplane_dim=8) != ident(triplane_dim=4)
     assert ident(input_alpha=True) != ident(input_alpha=False)
 

@@ -92,6 +92,38 @@ def test_query_chunking_and_folding_match():
         torch.testing.assert_close(folded[k], ref[k], rtol=1e-5, atol=1e-5)
 
 
+def test_plane_filter_is_a_binomial_low_pass_read_by_every_query_path():
+    """smooth_planes keeps constants and affine per-channel maps, removes a texel checkerboard; a field with
+    plane_filter reads exactly the smoothed planes, whether queried directly, chunked or folded."""
+    from triflow3d.errors import ConfigError
+    from triflow3d.triplane.sampling import smooth_planes
+
+    const = torch.full((1, 3, 2, 6, 6), 3.0)
+    torch.testing.assert_close(smooth_planes(const), const)
+    ij = torch.arange(6)
+    checker = ((ij[:, None] + ij[None, :]) % 2 * 2 - 1).float().expand(1, 3, 2, 6, 6)
+    assert smooth_planes(checker)[..., 1:-1, 1:-1].abs().max() == 0  # interior: texel noise removed
+    planes = torch.randn(2, 3, 80, 16, 16, generator=torch.Generator().manual_seed(0))
+    scale, shift = torch.rand(1, 3, 80, 1, 1) + 0.5, torch.randn(1, 3, 80, 1, 1)
+    torch.testing.assert_close(smooth_planes(planes * scale + shift), smooth_planes(planes) * scale + shift)
+    torch.testing.assert_close(smooth_planes(planes, 0.0), planes)
+    mild = smooth_planes(checker, 0.125)[..., 1:-1, 1:-1]
+    torch.testing.assert_close(mild, checker[..., 1:-1, 1:-1] * 0.25)  # (1 - 4 side)^2
+
+    filtered, plain = TriplaneField(80, plane_filter=0.25).eval(), TriplaneField(80).eval()
+    plain.load_state_dict(filtered.state_dict())
+    xyz = torch.rand(2, 300, 3) * 2.2 - 1.1
+    with torch.no_grad():
+        ref = plain.query(smooth_planes(planes), xyz)
+        for out in (filtered.query(planes, xyz), filtered.query(planes, xyz, chunk=7),
+                    filtered.query(filtered.prepare(planes), xyz)):  # fmt: skip
+            for k in ref:
+                torch.testing.assert_close(out[k], ref[k], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(plain.query(planes, xyz)["sigma_raw"], ref["sigma_raw"])
+    with pytest.raises(ConfigError, match="plane_filter"):
+        TriplaneField(16, "mesh", plane_filter=0.25)
+
+
 def test_mesh_field_density_from_sdf():
     field = TriplaneField(4, "mesh", sdf_beta=0.01)
     with torch.no_grad():

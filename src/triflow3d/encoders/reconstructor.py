@@ -45,15 +45,19 @@ _PARAM_FIELDS = (
     "baked_shading",  # triflow3d extension (not upstream): mean shading of the training renders, mesh colours
     "rgb_skip",  # triflow3d extension (not upstream): a linear route from the features to the rgb logits
     "colour_planes",  # triflow3d extension (not upstream): the plane lift writes column-colour channels
+    "plane_filter",  # triflow3d extension (not upstream): the field reads the planes through a 3x3 low-pass
 )
 _MESH_FIELDS = ("grid_res", "grid_scale")
 _VIT_FIELDS = tuple(f.name for f in dataclasses.fields(ViTParams))
 _OPTIONAL = {"triplane_high_res", "rendering_samples_per_ray", "grid_res", "grid_scale", "layer_norm_eps"}
 _OPTIONAL |= {"qkv_bias", "hidden_act", "num_channels", "ray_embedding", "lift_depth", "plane_lift_depth"}
-_OPTIONAL |= {"input_alpha", "baked_shading", "rgb_skip", "colour_planes"}
+_OPTIONAL |= {"input_alpha", "baked_shading", "rgb_skip", "colour_planes", "plane_filter"}
 # Fields that change only how meshes are coloured, never the triplanes or the field: not part of a
 # reconstructor's identity (latents made before such a field existed stay valid).
 _PRESENTATION_FIELDS = ("baked_shading",)
+# Fields that change only how the field reads triplanes, never the triplanes themselves: latents made
+# without them stay valid (the decoder's weights are not part of the identity either).
+_FIELD_READ_FIELDS = ("plane_filter",)
 # Extensions added after latents were first stored, with their off value: left out of the identity while
 # off, so adding an option never invalidates existing latents.
 _LATE_FIELDS_OFF = {"rgb_skip": False, "colour_planes": False}
@@ -111,6 +115,12 @@ class ReconstructorConfig(ViTParams):
     starts as their mean over the planes. Colour then reaches the planes and the output at full rank by
     construction. Needs ``plane_lift_depth`` and ``input_alpha``; the transformer and the lift's learned part
     write the other ``triplane_dim - 3`` channels."""
+    plane_filter: float = 0.0
+    """Not upstream (0 = off, as InstantMesh): the field reads the planes through the separable low-pass
+    [a, 1 - 2a, a] of every channel, a = ``plane_filter`` in [0, 0.25] (0.25: the binomial [1 2 1] / 4;
+    :class:`triflow3d.triplane.field.TriplaneField`), so texel-to-texel noise in a generated triplane does not
+    turn into specks and breaks of density (``triflow-small``'s own decoder, its card). The triplanes
+    themselves are unchanged: not part of the identity of latents."""
     grid_res: int = 128
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
@@ -139,8 +149,11 @@ class ReconstructorConfig(ViTParams):
             raise ConfigError(f"rendering_samples_per_ray {self.rendering_samples_per_ray} must be even")
         if not 0.0 < self.baked_shading <= 1.0:
             raise ConfigError(f"baked_shading must be in (0, 1], got {self.baked_shading}")
-        if self.rgb_skip and self.kind != "nerf":
-            raise ConfigError("rgb_skip is a NeRF-decoder option (kind 'nerf')")
+        if not 0.0 <= self.plane_filter <= 0.25:
+            raise ConfigError(f"plane_filter must be in [0, 0.25], got {self.plane_filter}")
+        for name in ("rgb_skip", "plane_filter"):
+            if getattr(self, name) and self.kind != "nerf":
+                raise ConfigError(f"{name} is a NeRF-decoder option (kind 'nerf')")
         if self.colour_planes and not (
             self.kind == "nerf" and self.plane_lift_depth and self.input_alpha and self.triplane_dim > 3
         ):
@@ -199,13 +212,14 @@ class ReconstructorConfig(ViTParams):
         }
 
     def identity_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the presentation-only fields (and late extensions while off): what decides
-        the triplanes and the field."""
+        """:meth:`to_dict` without the presentation-only and field-read fields (and late extensions while
+        off): what decides the triplanes."""
         d = self.to_dict()
         d["params"] = {
             k: v
             for k, v in d["params"].items()
-            if k not in _PRESENTATION_FIELDS and not (k in _LATE_FIELDS_OFF and v == _LATE_FIELDS_OFF[k])
+            if k not in (*_PRESENTATION_FIELDS, *_FIELD_READ_FIELDS)
+            and not (k in _LATE_FIELDS_OFF and v == _LATE_FIELDS_OFF[k])
         }
         return d
 
@@ -291,7 +305,7 @@ class TriplaneReconstructor(nn.Module):
         )  # fmt: skip
         self.synthesizer = TriplaneField(
             c.triplane_dim, kind=c.kind, hidden=DECODER_HIDDEN, rgb_skip=c.rgb_skip,
-            colour_channels=COLOUR_CHANNELS if c.colour_planes else 0,
+            colour_channels=COLOUR_CHANNELS if c.colour_planes else 0, plane_filter=c.plane_filter,
         )  # fmt: skip
         self.lift = None
         if c.lift_depth:

@@ -22,7 +22,7 @@ from torch import nn
 from triflow3d import conventions as cv
 from triflow3d.errors import ConfigError
 from triflow3d.triplane.decoder import MeshDecoder, NerfDecoder, density_from_raw, rgb_from_raw
-from triflow3d.triplane.sampling import planes_to_features, sample_planes, triplane_features
+from triflow3d.triplane.sampling import planes_to_features, sample_planes, smooth_planes, triplane_features
 
 SDF_BETA = 0.01  # Laplace scale of the mesh variant's SDF -> density conversion (world units)
 DEFAULT_CHUNK = 2**13  # points per decoder call: small chunks stay in cache (~1.5x faster than 2**18)
@@ -52,7 +52,13 @@ def softplus_inverse_from_log(log_y: torch.Tensor) -> torch.Tensor:
 
 
 class TriplaneField(nn.Module):
-    """Query a triplane (B, 3, C, R, R) at world points with the NeRF or the mesh decoder."""
+    """Query a triplane (B, 3, C, R, R) at world points with the NeRF or the mesh decoder.
+
+    ``plane_filter`` (a triflow3d extension, 0 = off as for InstantMesh): the field reads the planes through
+    the low-pass [a, 1 - 2a, a] with a = ``plane_filter`` (:func:`~triflow3d.triplane.sampling.smooth_planes`;
+    0.25 is the binomial [1 2 1] / 4), so texel-to-texel noise in a triplane (a generator's residual error)
+    does not become specks of density.
+    """
 
     def __init__(
         self,
@@ -62,6 +68,7 @@ class TriplaneField(nn.Module):
         sdf_beta: float = SDF_BETA,
         rgb_skip: bool = False,
         colour_channels: int = 0,
+        plane_filter: float = 0.0,
     ):
         super().__init__()
         if kind not in ("nerf", "mesh"):
@@ -69,8 +76,9 @@ class TriplaneField(nn.Module):
         self.kind = kind
         self.n_features = n_features
         self.sdf_beta = sdf_beta
-        if (rgb_skip or colour_channels) and kind != "nerf":
-            raise ConfigError("rgb_skip and colour channels are NeRF-decoder options")
+        if (rgb_skip or colour_channels or plane_filter) and kind != "nerf":
+            raise ConfigError("rgb_skip, colour channels and plane_filter are NeRF-decoder options")
+        self.plane_filter = plane_filter
         self.decoder = (
             NerfDecoder(n_features, hidden, rgb_skip, colour_channels)
             if kind == "nerf"
@@ -80,6 +88,7 @@ class TriplaneField(nn.Module):
     def prepare(self, planes: torch.Tensor) -> torch.Tensor | FoldedPlanes:
         """Planes in the cheapest form for many ``query`` calls (folded when that saves work)."""
         dec = self.decoder
+        planes = self.filtered(planes)
         if isinstance(dec, NerfDecoder) and dec.n_features > dec.net[0].out_features:
             return FoldedPlanes(dec.fold_planes(planes))
         return planes
@@ -88,8 +97,14 @@ class TriplaneField(nn.Module):
         self, planes: torch.Tensor | FoldedPlanes, xyz: torch.Tensor, chunk: int = DEFAULT_CHUNK
     ) -> dict[str, torch.Tensor]:
         """xyz (B, P, 3) -> sigma_raw, sigma (B, P, 1), rgb (B, P, 3) (+ sdf, deformation_raw: mesh)."""
+        if not isinstance(planes, FoldedPlanes):  # prepared planes are filtered already
+            planes = self.filtered(planes)
         parts = [self._query(planes, xyz[:, i : i + chunk]) for i in range(0, max(xyz.shape[1], 1), chunk)]
         return {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}
+
+    def filtered(self, planes: torch.Tensor) -> torch.Tensor:
+        """The planes as the decoder reads them: (B, 3, C, R, R), low-passed when ``plane_filter``."""
+        return smooth_planes(planes, self.plane_filter) if self.plane_filter else planes
 
     def _query(self, planes: torch.Tensor | FoldedPlanes, xyz: torch.Tensor) -> dict[str, torch.Tensor]:
         if isinstance(planes, FoldedPlanes):

@@ -43,3 +43,20 @@ def planes_to_features(samples: torch.Tensor) -> torch.Tensor:
 def triplane_features(planes: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
     """Decoder input at world points: planes (B, 3, C, R, R), xyz (B, P, 3) -> (B, P, 3C)."""
     return planes_to_features(sample_planes(planes, xyz))
+
+
+BINOMIAL_SIDE = 0.25  # [1 2 1] / 4: the strongest 3-tap low-pass, zero response to the texel checkerboard
+
+
+def smooth_planes(planes: torch.Tensor, side: float = BINOMIAL_SIDE) -> torch.Tensor:
+    """The separable low-pass [side, 1 - 2 side, side] along both axes of every plane channel, edges
+    replicated: (B, 3, C, R, R) -> (B, 3, C, R, R). ``side`` in [0, 0.25]: 0 is the identity, 0.25 the
+    binomial [1 2 1] / 4; the texel checkerboard is scaled by (1 - 4 side)^2. Linear, and every output is a
+    weighted mean (a per-channel affine map such as the latent standardisation commutes with it)."""
+    if not 0.0 <= side <= BINOMIAL_SIDE:
+        raise ValueError(f"smooth_planes: side must be in [0, {BINOMIAL_SIDE}], got {side}")
+    b, n, c, h, w = planes.shape
+    k1 = torch.tensor([side, 1.0 - 2.0 * side, side], dtype=planes.dtype, device=planes.device)
+    kernel = (k1[:, None] * k1[None, :]).expand(n * c, 1, 3, 3)  # depthwise (3C, 1, 3, 3)
+    x = F.pad(planes.reshape(b, n * c, h, w), (1, 1, 1, 1), mode="replicate")
+    return F.conv2d(x, kernel, groups=n * c).reshape(b, n, c, h, w)
