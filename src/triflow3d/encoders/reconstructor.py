@@ -22,6 +22,7 @@ from triflow3d.encoders.lift import COLOUR_CHANNELS
 from triflow3d.encoders.transformer import TriplaneTransformer
 from triflow3d.encoders.vit import ModulatedViT, ViTParams
 from triflow3d.errors import ConfigError
+from triflow3d.triplane.sampling import BINOMIAL_SIDE
 
 KINDS = ("nerf", "mesh")
 MODEL_CLASSES = {"nerf": "src.models.lrm.InstantNeRF", "mesh": "src.models.lrm_mesh.InstantMesh"}
@@ -119,8 +120,8 @@ class ReconstructorConfig(ViTParams):
     """Not upstream (0 = off, as InstantMesh): the field reads the planes through the separable low-pass
     [a, 1 - 2a, a] of every channel, a = ``plane_filter`` in [0, 0.25] (0.25: the binomial [1 2 1] / 4;
     :class:`triflow3d.triplane.field.TriplaneField`), so texel-to-texel noise in a generated triplane does not
-    turn into specks and breaks of density (``triflow-small``'s own decoder, its card). The triplanes
-    themselves are unchanged: not part of the identity of latents."""
+    turn into specks and breaks of density (measured, not in the shipped weights: docs/encoders.md). The
+    triplanes themselves are unchanged: not part of the identity of latents."""
     grid_res: int = 128
     """Mesh variant only: FlexiCubes grid resolution."""
     grid_scale: float = 2.1
@@ -149,8 +150,8 @@ class ReconstructorConfig(ViTParams):
             raise ConfigError(f"rendering_samples_per_ray {self.rendering_samples_per_ray} must be even")
         if not 0.0 < self.baked_shading <= 1.0:
             raise ConfigError(f"baked_shading must be in (0, 1], got {self.baked_shading}")
-        if not 0.0 <= self.plane_filter <= 0.25:
-            raise ConfigError(f"plane_filter must be in [0, 0.25], got {self.plane_filter}")
+        if not 0.0 <= self.plane_filter <= BINOMIAL_SIDE:
+            raise ConfigError(f"plane_filter must be in [0, {BINOMIAL_SIDE}], got {self.plane_filter}")
         for name in ("rgb_skip", "plane_filter"):
             if getattr(self, name) and self.kind != "nerf":
                 raise ConfigError(f"{name} is a NeRF-decoder option (kind 'nerf')")
