@@ -20,7 +20,9 @@ from triflow3d.flow import (
     loss_by_t_bin,
     rf_loss,
     sample_t,
+    skip_coefficient,
     time_shift,
+    velocity_from_output,
     velocity_target,
     x0_from_velocity,
 )
@@ -174,3 +176,22 @@ def test_concat_cond_pads_text_lengths():
     assert out["tok"][2:, 2:].abs().sum() == 0
     with pytest.raises(ConfigError, match="uncond"):
         concat_cond({"a": torch.ones(1)}, {"b": torch.ones(1)})
+
+
+def test_skip_coefficient_is_the_least_squares_coefficient_of_v_on_x_t():
+    """c(t) minimises E|v - c x_t|^2 for independent unit-variance x0, eps; c(0) = -1, c(1/2) = 0, c(1) = 1."""
+    t = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert torch.allclose(skip_coefficient(t)[[0, 2, 4]], torch.tensor([-1.0, 0.0, 1.0]))
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 200_000, generator=g), torch.randn(5, 200_000, generator=g)
+    x_t, v = interpolate(x0, eps, t), velocity_target(x0, eps)
+    fit = (v * x_t).sum(1) / x_t.square().sum(1)  # (5,) least-squares slope per t
+    assert torch.allclose(fit, skip_coefficient(t), atol=0.01)
+    residual = v - skip_coefficient(t)[:, None] * x_t
+    assert torch.allclose(
+        residual[-1], -x0[-1], atol=1e-6
+    )  # at pure noise the rest of v is -x0: nothing to copy
+    assert torch.allclose(velocity_from_output(residual, x_t, t, "skip"), v, atol=1e-5)
+    assert torch.allclose(velocity_from_output(x0, x_t, t, "x0")[1:], v[1:], atol=1e-4)
+    with pytest.raises(ConfigError, match="unknown model output"):
+        velocity_from_output(x0, x_t, t, "eps")

@@ -191,6 +191,30 @@ def test_grow_fine_tunes_onto_latents_with_appended_channels(latents, tmp_path):
     assert loaded.model.params.plane_channels == 11 and loaded.config["encoder"]["triplane_shape"][1] == 11
 
 
+def test_fine_tune_from_a_package_with_another_output(latents, tmp_path):
+    """--init from a packaged model folder (its EMA as model.safetensors) with --output x0 --out-conv: the
+    body's weights are kept, the final layer restarts at zero (its outputs now mean x0), the output
+    convolution starts as the identity, and both choices are saved."""
+    Trainer(tiny(latents, tmp_path / "run", steps=2)).fit()
+    ckpt = ck.resolve_checkpoint(tmp_path / "run")
+    package = Path(shutil.copytree(ckpt, tmp_path / "package"))
+    (package / "ema.safetensors").replace(package / "model.safetensors")
+    source = load_model(package).model
+    ft = Trainer(tiny(latents, tmp_path / "ft", steps=2, output="x0", out_conv=True), init=package)
+    assert ft.params.output == "x0" and ft.params.out_conv
+    state = ft.raw.state_dict()
+    for k, v in source.state_dict().items():
+        want = torch.zeros_like(v) if k.startswith(("final.linear", "final.adaLN")) else v
+        assert torch.equal(state[k], want), k
+    assert torch.equal(state["out_conv.weight"][:, :, 1, 1], torch.eye(SHAPE[1]))  # added as the identity
+    ft.fit()
+    params = load_model(ck.resolve_checkpoint(tmp_path / "ft")).model.params
+    assert params.output == "x0" and params.out_conv
+    assert Trainer(tiny(latents, tmp_path / "fresh", steps=1, output="skip")).params.output == "skip"
+    with pytest.raises(ConfigError, match="output"):
+        tiny(latents, tmp_path / "bad", output="eps")
+
+
 def test_nan_step_is_skipped(latents, tmp_path):
     trainer = Trainer(tiny(latents, tmp_path, steps=4))
     original = trainer.micro_loss

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from triflow3d.errors import ConfigError
-from triflow3d.flow import interpolate, rf_loss, velocity_target
+from triflow3d.flow import interpolate, rf_loss, skip_coefficient, velocity_target, x0_from_velocity
 from triflow3d.models import MODELS, TRIFLOW_PRESETS, TriFlow, TriFlowParams, count_params
 from triflow3d.models.blocks import DiTBlock, FuseBlock, MMDiTBlock
+from triflow3d.models.triflow import add_out_conv, grow_plane_channels, identity_conv
 
 TINY = TRIFLOW_PRESETS["tiny"]
 
@@ -72,6 +73,46 @@ def test_zero_output_and_identity_blocks_at_init():
     v = model(*inputs(TINY))
     assert torch.equal(v, torch.zeros_like(v))
     assert seen.count("FuseBlock") == 6 and seen.count("MMDiTBlock") == 1 and seen.count("DiTBlock") == 2
+
+
+@pytest.mark.parametrize("output", ["skip", "x0"])
+def test_output_parametrisations_turn_the_network_output_into_a_velocity(output):
+    """Same weights, three readings of the final Linear: velocity (as is), skip (+ c(t) x_t), x0 (the clean
+    triplane: v = (x_t - out) / t). At init (zero output) skip predicts c(t) x_t and x0 predicts x_t / t."""
+    p = replace(TINY, output=output)
+    x, _, tok, pooled, mask = inputs(p)
+    t = torch.tensor([1.0, 0.25])
+    tb = t[:, None, None, None, None]
+    at_init = TriFlow(p)(x, t, tok, pooled, mask)
+    assert torch.allclose(at_init, skip_coefficient(tb) * x if output == "skip" else x / tb)
+    plain, model = perturbed(TINY), TriFlow(p)
+    model.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        net, v = plain(x, t, tok, pooled, mask), model(x, t, tok, pooled, mask)
+    assert torch.allclose(
+        v, net + skip_coefficient(tb) * x if output == "skip" else (x - net) / tb, atol=1e-6
+    )
+    if output == "x0":  # the clean estimate x_t - t v is the network's output, exactly what it predicts
+        assert torch.allclose(x0_from_velocity(x, v, t), net, atol=1e-5)
+
+
+def test_out_conv_starts_as_the_identity_and_mixes_neighbouring_patches():
+    plain = perturbed(TINY)
+    conv = TriFlow(replace(TINY, out_conv=True))
+    conv.load_state_dict({**plain.state_dict(), **identity_conv(TINY.plane_channels)})
+    x, t, tok, pooled, mask = inputs(TINY)
+    with torch.no_grad():
+        assert torch.allclose(conv(x, t, tok, pooled, mask), plain(x, t, tok, pooled, mask), atol=1e-6)
+        params, state = add_out_conv(plain.state_dict(), TINY)
+        assert params.out_conv and torch.equal(state["out_conv.weight"], conv.state_dict()["out_conv.weight"])
+        conv.out_conv.weight[:, :, 1, 2] = 0.5  # a kernel reaching the right neighbour
+        moved = conv(x, t, tok, pooled, mask) - plain(x, t, tok, pooled, mask)
+    p = TINY.patch
+    assert moved[..., p - 1].abs().sum() > 0  # the last column of a patch now reads its neighbour's first
+    with pytest.raises(ConfigError, match="already has"):
+        add_out_conv(state, params)
+    with pytest.raises(ConfigError, match="output convolution"):
+        grow_plane_channels(state, params, TINY.plane_channels + 3)
 
 
 def test_no_plane_symmetry():

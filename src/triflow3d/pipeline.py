@@ -372,7 +372,7 @@ class TextTo3DPipeline:
         if (folder / "checkpoints").is_dir():  # a training run folder means its latest checkpoint
             folder = mf.resolve_checkpoint(folder)
         try:
-            loaded = mf.load_model(folder, ema=(folder / mf.EMA_WEIGHTS).is_file(), device=device)
+            loaded = mf.load_model(folder, device=device)  # EMA weights, else model.safetensors
         except (KeyError, TypeError, RuntimeError) as e:  # bad config keys, mis-shaped weights
             raise CheckpointError(f"{folder}: malformed model folder ({type(e).__name__}: {e})") from None
         config = loaded.config

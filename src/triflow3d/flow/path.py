@@ -41,6 +41,35 @@ def eps_from_velocity(x_t: Tensor, v: Tensor, t: Tensor) -> Tensor:
     return x_t + (1 - _bcast(t, x_t)) * v
 
 
+OUTPUTS = ("velocity", "skip", "x0")  # what a velocity model's network predicts: see ``velocity_from_output``
+X0_T_MIN = 0.05  # "x0": v = (x_t - x0_hat) / max(t, X0_T_MIN), so low t does not divide by ~0
+
+
+def skip_coefficient(t: Tensor) -> Tensor:
+    """c(t) = (2t - 1) / ((1 - t)^2 + t^2): the least-squares coefficient of v on x_t for independent
+    unit-variance x0 and eps (minimises E|v - c x_t|^2). c(0) = -1, c(1/2) = 0, c(1) = 1."""
+    return (2 * t - 1) / ((1 - t).square() + t.square())
+
+
+def velocity_from_output(out: Tensor, x_t: Tensor, t: Tensor, output: str) -> Tensor:
+    """The velocity a network's raw output stands for (``output`` in ``OUTPUTS``); t (B,).
+
+    - ``velocity``: the output is v.
+    - ``skip``: v = c(t) x_t + out (``skip_coefficient``): at t = 1 the network predicts -x0, not eps - x0.
+    - ``x0``: the output is the clean triplane, v = (x_t - out) / max(t, X0_T_MIN) (x-prediction with the
+      velocity loss): the network never has to carry the noise, texel by texel, through its narrow tokens;
+      every texel it fails to copy in the other two stays in x0 as roughness.
+    """
+    if output == "velocity":
+        return out
+    tb = _bcast(t, out)
+    if output == "skip":
+        return out + skip_coefficient(tb) * x_t
+    if output == "x0":
+        return (x_t - out) / tb.clamp_min(X0_T_MIN)
+    raise ConfigError(f"unknown model output {output!r}; expected one of {OUTPUTS}")
+
+
 def sample_t(
     n: int,
     kind: str = "logit_normal",

@@ -96,6 +96,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
 def read_weights(path: str | Path, ema: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """{"model": ..., "normalizer": ..., "text": ...} state dicts from ema.safetensors (or model.safetensors)."""
     file = Path(path) / (EMA_WEIGHTS if ema else WEIGHTS)
+    if ema and not file.is_file() and (Path(path) / WEIGHTS).is_file():
+        file = Path(path) / WEIGHTS  # a packaged model folder holds its (EMA) weights as model.safetensors
     if not file.is_file():
         raise CheckpointError(f"{file}: weights file not found")
     try:

@@ -10,8 +10,11 @@ Three token streams, each with its own input Linear:
 Stage 1 (x1): read fuse (triplane -> latent); MM-DiT x ``mmdit_depth`` on (latent, text); write fuse
 (latent -> triplane); then the text tokens join the latent stream (concatenation). Stages 2.. (x
 ``dit_stages``): read fuse; DiT x ``dit_depth`` on latent(+text); write fuse. A final adaLN + Linear on
-the triplane stream gives the velocity, unpatchified to (B, 3, C, R, R). Conditioning: timestep embedding
-+ pooled text -> adaLN-Zero in every block.
+the triplane stream gives, unpatchified to (B, 3, C, R, R), the velocity or (``output``) what it is
+computed from with the input: ``skip`` (v = c(t) x_t + out) or ``x0`` (the clean triplane;
+``flow.path.velocity_from_output``), optionally after a 3 x 3 convolution of each plane (``out_conv``).
+Conditioning: timestep embedding + pooled text -> adaLN-Zero in every
+block.
 
 ``arch="dit"`` is the plain baseline with the same block budget and no latent stream: MM-DiT x
 ``mmdit_depth`` on (triplane, text), then the text joins the triplane stream and DiT x
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 
 from triflow3d.conventions import NUM_PLANES
 from triflow3d.errors import ConfigError
+from triflow3d.flow.path import OUTPUTS, velocity_from_output
 from triflow3d.models.attention import cat_key_masks, sincos_2d
 from triflow3d.models.blocks import DiTBlock, FuseBlock, MMDiTBlock
 from triflow3d.models.layers import FinalLayer, MLPEmbedder, Modulation, timestep_embedding
@@ -56,12 +60,16 @@ class TriFlowParams:
     dit_stages: int = 2  # number of later stages
     time_dim: int = 256  # sinusoidal timestep features before the MLP
     arch: str = "multistream"  # "multistream" (TriFlow) | "dit" (plain DiT baseline)
+    output: str = "velocity"  # what the final Linear predicts: velocity | skip | x0 (flow.path)
+    out_conv: bool = False  # a 3 x 3 convolution on each output plane (U-ViT's final conv), identity at init
 
     def __post_init__(self) -> None:
         positive = ("plane_channels", "plane_res", "patch", "hidden", "heads", "text_dim", "mmdit_depth")
         for name in positive + ("time_dim",):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TriFlowParams.{name} must be >= 1, got {getattr(self, name)}")
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"TriFlowParams.output must be one of {OUTPUTS}, got {self.output!r}")
         if self.arch not in ARCHS:
             raise ConfigError(f"TriFlowParams.arch must be one of {ARCHS}, got {self.arch!r}")
         if self.plane_res % self.patch:
@@ -133,6 +141,8 @@ def grow_plane_channels(
     generator onto an encoder grown with extra channels (``triflow3d train --init CKPT --grow``).
     """
     c = params.plane_channels
+    if params.out_conv:
+        raise ConfigError("growing a model with an output convolution is not supported")
     if channels <= c:
         raise ConfigError(f"cannot grow a model of {c} plane channels to {channels}")
     grown = replace(params, plane_channels=channels)
@@ -145,6 +155,22 @@ def grow_plane_channels(
     out["final.linear.weight"] = torch.cat([w_out, w_out.new_zeros((channels - c) * pp, params.hidden)])
     out["final.linear.bias"] = torch.cat([b_out, b_out.new_zeros((channels - c) * pp)])
     return grown, out
+
+
+def identity_conv(channels: int) -> dict[str, Tensor]:
+    """The output convolution's weights that pass every channel through unchanged."""
+    weight = torch.zeros(channels, channels, 3, 3)
+    weight[:, :, 1, 1] = torch.eye(channels)
+    return {"out_conv.weight": weight, "out_conv.bias": torch.zeros(channels)}
+
+
+def add_out_conv(state: dict[str, Tensor], params: TriFlowParams) -> tuple[TriFlowParams, dict[str, Tensor]]:
+    """A trained model's weights with the output convolution added as the identity: the same function,
+    now able to learn to blend neighbouring patches across their seams (``triflow3d train --init CKPT
+    --out-conv``)."""
+    if params.out_conv:
+        raise ConfigError("the model already has an output convolution")
+    return replace(params, out_conv=True), {**state, **identity_conv(params.plane_channels)}
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:
@@ -201,6 +227,10 @@ class TriFlow(nn.Module):
                 [DiTBlock(d, p.heads, p.mlp_ratio) for _ in range(p.dit_stages * p.dit_depth)]
             )
         self.final = FinalLayer(d, p.patch_dim)
+        if p.out_conv:  # per plane, across patch seams; replicate padding at the plane borders
+            self.out_conv = nn.Conv2d(
+                p.plane_channels, p.plane_channels, 3, padding=1, padding_mode="replicate"
+            )
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -223,6 +253,8 @@ class TriFlow(nn.Module):
             if isinstance(m, Modulation):
                 m.zero_init()
         self.final.zero_init()
+        if self.params.out_conv:
+            self.load_state_dict(identity_conv(self.params.plane_channels), strict=False)
 
     # --- tokens <-> triplane -------------------------------------------------------------------------
     def embed_triplane(self, x: Tensor) -> Tensor:
@@ -259,7 +291,10 @@ class TriFlow(nn.Module):
         vec = self.time_in(t_emb) + self.pooled_in(text_pooled)  # (B, D)
         body = self._multistream if self.params.arch == "multistream" else self._dit
         tri = body(tri, txt, vec, text_mask)  # (B, N, D)
-        return self.unpatchify(self.final(tri, vec))
+        out = self.unpatchify(self.final(tri, vec))  # (B, 3, C, R, R)
+        if self.params.out_conv:
+            out = self.out_conv(out.flatten(0, 1)).unflatten(0, out.shape[:2])
+        return velocity_from_output(out, x, t, self.params.output)
 
     def _multistream(self, tri: Tensor, txt: Tensor, vec: Tensor, text_mask: Tensor | None) -> Tensor:
         first, *rest = self.stages

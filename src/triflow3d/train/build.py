@@ -1,4 +1,5 @@
-"""What a TriFlow run is built from: its latents, the latent normaliser and the model's size."""
+"""What a TriFlow run is built from: its latents, the latent normaliser, the model's size and the
+changes a fine-tune makes to its starting checkpoint."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from torch import Tensor
+
 from triflow3d.data.latents import STATS_FILE, LatentDataset
 from triflow3d.errors import ConfigError
 from triflow3d.latents.normalizer import LatentNormalizer
 from triflow3d.latents.stats import LatentStats, compute_stats
 from triflow3d.models.triflow import TRIFLOW_PRESETS as MODEL_PRESETS
-from triflow3d.models.triflow import TriFlowParams
+from triflow3d.models.triflow import TriFlowParams, add_out_conv, grow_plane_channels
 from triflow3d.train.batches import category
 from triflow3d.train.config import TrainConfig
 
@@ -49,11 +52,35 @@ def build_normalizer(cfg: TrainConfig, dataset: LatentDataset) -> LatentNormaliz
 
 
 def model_params(cfg: TrainConfig, triplane_shape: tuple[int, ...], text_dim: int) -> TriFlowParams:
-    """The preset with C, R and the text width taken from the data and the text encoder."""
+    """The preset with C, R and the text width taken from the data and the text encoder, and the run's
+    output parametrisation (``cfg.output``, ``cfg.out_conv``)."""
     if cfg.model not in MODEL_PRESETS:
         raise ConfigError(f"unknown model preset {cfg.model!r}; expected one of {sorted(MODEL_PRESETS)}")
     _, c, r, _ = triplane_shape
-    return replace(MODEL_PRESETS[cfg.model], plane_channels=c, plane_res=r, text_dim=text_dim)
+    preset = MODEL_PRESETS[cfg.model]
+    output = cfg.output or preset.output
+    out_conv = cfg.out_conv or preset.out_conv
+    return replace(preset, plane_channels=c, plane_res=r, text_dim=text_dim, output=output, out_conv=out_conv)
+
+
+def adapt_source(
+    cfg: TrainConfig, params: TriFlowParams, state: dict[str, Tensor], channels: int, grow: bool, source: str
+) -> tuple[TriFlowParams, dict[str, Tensor], bool, bool]:
+    """A fine-tune's starting model from a checkpoint's: grown to ``channels`` (``grow``), switched to
+    ``cfg.output``, with the output convolution added (``cfg.out_conv``). Returns (params, weights, grown,
+    whether the final layer restarts at zero: its outputs change meaning with ``output``)."""
+    grown = grow and channels != params.plane_channels
+    if grown:
+        params, state = grow_plane_channels(state, params, channels)
+        logger.info("grew %s to %d plane channels (new ones appended)", source, channels)
+    restart_final = bool(cfg.output) and cfg.output != params.output
+    if restart_final:
+        logger.info("%s: output %s -> %s, final layer restarts at zero", source, params.output, cfg.output)
+        params = replace(params, output=cfg.output)
+    if cfg.out_conv and not params.out_conv:
+        params, state = add_out_conv(state, params)
+        logger.info("%s: output convolution added (identity)", source)
+    return params, state, grown, restart_final
 
 
 def check_batch(cfg: TrainConfig, world: int) -> None:

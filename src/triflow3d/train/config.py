@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from triflow3d.errors import ConfigError
-from triflow3d.flow.path import T_DISTRIBUTIONS
+from triflow3d.flow.path import OUTPUTS, T_DISTRIBUTIONS
 from triflow3d.latents.normalizer import MODES as NORMALIZER_MODES
 from triflow3d.perceptual import BACKENDS as PERCEPTUAL_BACKENDS
 
@@ -36,6 +36,15 @@ class TrainConfig:
     text_encoder: str = _f("minilm", "frozen text encoder: minilm | clip-l | t5 | fake")
     text_encoder_path: str | None = _f(None, "local model folder for clip-l / t5")
     center_text: bool = _f(False, "subtract the mean pooled caption embedding (saved with the model)")
+    output: str | None = _f(
+        None,
+        f"what the network predicts: {' | '.join(OUTPUTS)} (TriFlowParams.output; None: the preset's, or the "
+        "--init checkpoint's; a different one with --init restarts the final layer at zero)",
+    )
+    out_conv: bool = _f(
+        False,
+        "a 3 x 3 convolution on each output plane (TriFlowParams.out_conv); with --init, added as the identity",
+    )
     # --- data ------------------------------------------------------------------------------------
     latents: str = _f("", "latents folder (triflow3d encode output, with encoder.json)")
     category: str | None = _f(None, "train only on objects whose attributes.category equals this")
@@ -112,6 +121,8 @@ class TrainConfig:
         _check_choice("normalizer_mode", self.normalizer_mode, NORMALIZER_MODES)
         _check_choice("loop", self.loop, LOOPS)
         _check_choice("compile", self.compile, COMPILE_MODES)
+        if self.output is not None:
+            _check_choice("output", self.output, OUTPUTS)
         if self.lr_reference_batch < 0:
             raise ConfigError(f"lr_reference_batch must be >= 0, got {self.lr_reference_batch}")
         for name in ("steps", "batch_size", "grad_accum", "perceptual_views", "max_nan_steps", "log_every"):

@@ -45,10 +45,10 @@ from triflow3d.flow.path import interpolate, loss_by_t_bin, rf_loss, velocity_ta
 from triflow3d.latents.normalizer import LatentNormalizer
 from triflow3d.models.text_encoder import TextEmbedding, TextEncoder
 from triflow3d.models.text_table import TextTableEncoder
-from triflow3d.models.triflow import TriFlow, TriFlowParams, grow_plane_channels
+from triflow3d.models.triflow import TriFlow, TriFlowParams
 from triflow3d.train import checkpoint as ck
 from triflow3d.train.batches import BatchPlan, RankBatches, collate
-from triflow3d.train.build import build_normalizer, check_batch, model_params, open_run_latents
+from triflow3d.train.build import adapt_source, build_normalizer, check_batch, model_params, open_run_latents
 from triflow3d.train.config import TrainConfig
 from triflow3d.train.distributed import (
     DistInfo,
@@ -180,14 +180,13 @@ class Trainer:
 
     def _build_model(self, resume: bool, params: TriFlowParams | None) -> None:
         cfg = self.cfg
-        start, grown = None, False
+        start, grown, restart_final = None, False, False
         if self.source is not None:
             params = TriFlowParams(**self.source_config["triflow_params"])
             start = ck.read_weights(self.source, ema=not resume)  # fine-tuning starts from the EMA weights
-            channels = self.dataset.triplane_shape[1]
-            if grown := self.grow and channels != params.plane_channels:
-                params, start["model"] = grow_plane_channels(start["model"], params, channels)
-                logger.info("grew %s to %d plane channels (new ones appended)", self.source, channels)
+            params, start["model"], grown, restart_final = adapt_source(
+                cfg, params, start["model"], self.dataset.triplane_shape[1], self.grow, str(self.source)
+            )
         elif params is None:
             params = model_params(cfg, self.dataset.triplane_shape, self.encoder.dim)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -201,6 +200,8 @@ class Trainer:
             self.normalizer.to(self.device)
         if start is not None:
             ck.load_strict(self.raw, start["model"], str(self.source))
+            if restart_final:
+                self.raw.final.zero_init()
         self.ema = copy.deepcopy(self.raw).requires_grad_(False).eval()
         if resume:
             ck.load_strict(self.ema, ck.read_weights(self.source, ema=True)["model"], str(self.source))
