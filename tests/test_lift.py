@@ -136,7 +136,7 @@ def test_plane_lift_per_object_on_the_cpu_equals_one_batched_pass():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     ga = torch.autograd.grad(a.square().sum(), lift.cnn[0].weight)[0]
     gb = torch.autograd.grad(b.square().sum(), lift.cnn[0].weight)[0]
-    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5)  # summation order: 1.2e-6 seen on one CPU
 
 
 def test_rgba_inputs_without_input_alpha_are_composited_on_white():

@@ -428,8 +428,10 @@ def test_cpu_results_match_the_reference(tmp_path, mode):
     ref, path = REFERENCE_RUNS[mode], ck.step_dir(tmp_path / "run", 6)
     np.testing.assert_allclose([r["loss"] for r in rows], ref["loss"], rtol=2e-6)
     np.testing.assert_allclose([r["grad_norm"] for r in rows], ref["grad_norm"], rtol=2e-5)
-    np.testing.assert_allclose(fingerprint(load_file(str(path / ck.WEIGHTS))), ref["model"], rtol=2e-6)
-    np.testing.assert_allclose(fingerprint(load_file(str(path / ck.EMA_WEIGHTS))), ref["ema"], rtol=2e-6)
+    # bf16 CPU matrix products differ with the instruction set (AMX / AVX512-BF16 or emulated): 5e-6 measured
+    rtol = 2e-5 if mode == "bf16" else 2e-6
+    np.testing.assert_allclose(fingerprint(load_file(str(path / ck.WEIGHTS))), ref["model"], rtol=rtol)
+    np.testing.assert_allclose(fingerprint(load_file(str(path / ck.EMA_WEIGHTS))), ref["ema"], rtol=rtol)
 
 
 # --- the device-resident loop (forced on the CPU here; chosen automatically on CUDA) ----------------------

@@ -13,8 +13,7 @@ Stage 1 (x1): read fuse (triplane -> latent); MM-DiT x ``mmdit_depth`` on (laten
 the triplane stream gives, unpatchified to (B, 3, C, R, R), the velocity or (``output``) what it is
 computed from with the input: ``skip`` (v = c(t) x_t + out) or ``x0`` (the clean triplane;
 ``flow.path.velocity_from_output``), optionally after a 3 x 3 convolution of each plane (``out_conv``).
-Conditioning: timestep embedding + pooled text -> adaLN-Zero in every
-block.
+Conditioning: timestep embedding + pooled text -> adaLN-Zero in every block.
 
 ``arch="dit"`` is the plain baseline with the same block budget and no latent stream: MM-DiT x
 ``mmdit_depth`` on (triplane, text), then the text joins the triplane stream and DiT x
