@@ -188,9 +188,8 @@ def test_skip_coefficient_is_the_least_squares_coefficient_of_v_on_x_t():
     fit = (v * x_t).sum(1) / x_t.square().sum(1)  # (5,) least-squares slope per t
     assert torch.allclose(fit, skip_coefficient(t), atol=0.01)
     residual = v - skip_coefficient(t)[:, None] * x_t
-    assert torch.allclose(
-        residual[-1], -x0[-1], atol=1e-6
-    )  # at pure noise the rest of v is -x0: nothing to copy
+    # at pure noise the rest of v is -x0: nothing to copy
+    assert torch.allclose(residual[-1], -x0[-1], atol=1e-6)
     assert torch.allclose(velocity_from_output(residual, x_t, t, "skip"), v, atol=1e-5)
     assert torch.allclose(velocity_from_output(x0, x_t, t, "x0")[1:], v[1:], atol=1e-4)
     with pytest.raises(ConfigError, match="unknown model output"):

@@ -99,6 +99,9 @@ def test_output_parametrisations_turn_the_network_output_into_a_velocity(output)
 def test_out_conv_starts_as_the_identity_and_mixes_neighbouring_patches():
     plain = perturbed(TINY)
     conv = TriFlow(replace(TINY, out_conv=True))
+    assert torch.equal(
+        conv.out_conv.weight, identity_conv(TINY.plane_channels)["out_conv.weight"]
+    )  # own init
     conv.load_state_dict({**plain.state_dict(), **identity_conv(TINY.plane_channels)})
     x, t, tok, pooled, mask = inputs(TINY)
     with torch.no_grad():

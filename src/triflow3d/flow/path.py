@@ -57,8 +57,8 @@ def velocity_from_output(out: Tensor, x_t: Tensor, t: Tensor, output: str) -> Te
     - ``velocity``: the output is v.
     - ``skip``: v = c(t) x_t + out (``skip_coefficient``): at t = 1 the network predicts -x0, not eps - x0.
     - ``x0``: the output is the clean triplane, v = (x_t - out) / max(t, X0_T_MIN) (x-prediction with the
-      velocity loss): the network never has to carry the noise, texel by texel, through its narrow tokens;
-      every texel it fails to copy in the other two stays in x0 as roughness.
+      velocity loss): the network never has to carry the noise through its narrow tokens. With
+      ``velocity`` (and ``skip`` below t = 1) every texel of noise it fails to copy stays in x0 as roughness.
     """
     if output == "velocity":
         return out
